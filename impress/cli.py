@@ -1,0 +1,142 @@
+"""`impress` command line: `impress run [config.yaml] [--key value ...]`.
+
+Every config field is a flag (`--m 20`, `--widths 256,256`, `--alpha_epochs null`); flags override
+the YAML file. Results go to `<out>/<run name>/`: results.json, acc_matrix.csv, config.yaml and the
+per-task checkpoint that `--resume` continues from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from pathlib import Path
+
+import yaml
+
+from impress.config import Config, ConfigError
+
+__all__ = ["main"]
+
+
+def _parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """`--key value` and `--key=value` pairs; every key must be a config field."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}; config flags look like --key value")
+        key, eq, value = token[2:].partition("=")
+        key = key.replace("-", "_")
+        if key not in fields:
+            raise ConfigError(f"unknown config key(s) [{key!r}]; known keys: {sorted(fields)}")
+        if not eq:
+            if i + 1 >= len(tokens):
+                raise ConfigError(f"{key}: a value is required after --{key}")
+            value, i = tokens[i + 1], i + 1
+        out[key] = value
+        i += 1
+    return out
+
+
+class _Progress:
+    """A bar over tasks whose description follows the current phase and epoch."""
+
+    def __init__(self, num_tasks: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=num_tasks, unit="task", dynamic_ncols=True, file=sys.stderr)
+
+    def epoch(self, event: dict) -> None:
+        self.bar.set_description(
+            f"task {event['task']:>3} {event['phase']} {event['epoch']}/{event['epochs']}", refresh=False
+        )
+        self.bar.set_postfix(loss=f"{event['loss']:.3f}", refresh=False)
+        self.bar.update(0)  # redraws at most every `mininterval` seconds
+
+    def task(self, metrics: dict) -> None:
+        self.bar.update(1)
+        just = metrics[f"acc/task_{metrics['step']:03d}"]
+        self.bar.set_postfix(acc_avg=f"{metrics['acc/avg']:.3f}", just_trained=f"{just:.3f}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _table(result) -> str:
+    R = result.acc_matrix
+    T = len(R)
+    lines = ["task                  acc(final)  acc(just trained)", "-" * 50]
+    for j, name in enumerate(result.stream["task_names"]):
+        lines.append(f"{name:<22}{R[T - 1][j]:>10.3f}{R[j][j]:>19.3f}")
+    lines.append("-" * 50)
+    for key, value in result.metrics.items():
+        lines.append(f"{key:<22}{'n/a' if math.isnan(value) else f'{value:.3f}':>10}")
+    o = result.overhead
+    lines += [
+        f"{'bits/per_task':<22}{o['per_task_bits']:>10,}",
+        f"{'bits/one_time':<22}{o['one_time_bits']:>10,}",
+        f"{'bits/total':<22}{o['total_bits']:>10,}   (SupSup: {o['supsup_total_bits']:,})",
+        f"{'break-even tasks':<22}{str(o['break_even_tasks']):>10}",
+        f"{'seconds':<22}{sum(result.task_seconds):>10.1f}",
+    ]
+    return "\n".join(lines)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from impress.trainer import run
+
+    overrides = _parse_overrides(args.overrides)
+    cfg = Config.from_yaml(args.config, overrides) if args.config else Config.from_dict(overrides)
+    out = Path(args.out) / (args.name or cfg.run_name())
+    ckpt = out / "checkpoint"
+    if not args.resume and (ckpt / "checkpoint.pt").exists():
+        print(
+            f"error: {out} holds an earlier run; pass --resume to continue it or choose another --out/--name",
+            file=sys.stderr,
+        )
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    print(f"run {out}", file=sys.stderr)
+    bar = _Progress(cfg.num_tasks)
+    try:
+        result = run(cfg, report=bar.task, progress=bar.epoch, checkpoint_dir=ckpt)
+    finally:
+        bar.close()
+    result.write(out)
+    print(_table(result))
+    print(f"\nwrote {out / 'results.json'} and {out / 'acc_matrix.csv'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="impress", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "run",
+        usage="impress run [config.yaml] [--key value ...] [--out DIR] [--name NAME] [--resume]",
+        help="learn one task stream and report its metrics",
+        description="Run one task stream. Config flags: "
+        + ", ".join(f"--{f.name}" for f in dataclasses.fields(Config)),
+    )
+    p.add_argument("--out", default="runs", help="parent folder of the run's folder (default: runs)")
+    p.add_argument("--name", help="run folder name (default: key=value~... of non-default fields, then seed)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the folder from its checkpoint")
+    p.set_defaults(func=_cmd_run)
+    args, rest = parser.parse_known_args(argv)
+    # `impress run [config.yaml] [--key value ...]`: a leading bare word is the YAML file
+    args.config = rest.pop(0) if rest and not rest[0].startswith("--") else None
+    args.overrides = rest
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""The run configuration: one frozen dataclass, validated where it enters (YAML, flags, dicts).
+
+`sparsity` is the user-facing knob and means the fraction of weights REMOVED; everything inside
+works with `density = 1 - sparsity`, the fraction kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["Config", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is not acceptable; the message names the field."""
+
+
+def _choice(*options: str) -> dict[str, Any]:
+    return {"choices": options}
+
+
+def _range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> dict[str, Any]:
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    # data
+    stream: str = field(default="rotated", metadata=_choice("permuted", "rotated", "split"))
+    source: str = field(default="digits", metadata=_choice("digits", "mnist", "fashion_mnist", "cifar10", "cifar100"))
+    data_root: str | None = None
+    download: bool = False
+    num_tasks: int = field(default=20, metadata=_range(1, 100_000))
+    classes_per_task: int = field(default=2, metadata=_range(2, 1000))  # split streams
+    split_labels: str = field(default="remap", metadata=_choice("remap", "keep"))
+    # model
+    backbone: str = field(default="mlp", metadata=_choice("mlp", "lenet300", "fc1024", "convnet", "resnet18"))
+    widths: tuple[int, ...] = (256, 256)  # hidden widths of the `mlp` backbone
+    bn: str = field(default="task", metadata=_choice("task", "batch"))  # conv nets: per-task or batch statistics
+    # method
+    method: str = field(default="impresslearn", metadata=_choice("supsup", "impresslearn", "finetune"))
+    sparsity: float = field(default=0.5, metadata=_range(0.0, 1.0, hi_open=True))  # fraction of weights removed
+    mask: str = field(default="topk", metadata=_choice("topk", "threshold"))  # threshold: SupSup's fast masks
+    impressions: str = field(default="heterogeneous", metadata=_choice("heterogeneous", "homogeneous", "random"))
+    m: int = field(default=10, metadata=_range(1, 100_000))  # impressions in the bank
+    granularity: str = field(default="layer", metadata=_choice("global", "layer", "channel"))
+    alpha_param: str = field(default="linear", metadata=_choice("linear", "softmax"))
+    # optimisation
+    optimizer: str = field(default="adam", metadata=_choice("adam", "sgd", "rmsprop"))
+    lr: float = field(default=0.01, metadata=_range(0.0, 10.0, lo_open=True))  # mask scores / finetune weights
+    alpha_lr: float = field(default=0.05, metadata=_range(0.0, 10.0, lo_open=True))  # coefficients
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))  # sgd only
+    epochs: int = field(default=10, metadata=_range(1, 100_000))
+    alpha_epochs: int | None = None  # coefficient tasks; None: `epochs`
+    batch_size: int = field(default=128, metadata=_range(1, 1_000_000))
+    # run
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch intra-op threads; None: torch's default
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if "choices" in f.metadata and value not in f.metadata["choices"]:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {list(f.metadata['choices'])}")
+            if "range" in f.metadata:
+                lo, hi, lo_open, hi_open = f.metadata["range"]
+                if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+                    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+                    raise ConfigError(f"{f.name}: {value!r} is outside the allowed range {interval}")
+        if any(w < 1 for w in self.widths):
+            raise ConfigError(f"widths: every width must be a positive integer, got {list(self.widths)}")
+        if self.alpha_epochs is not None and self.alpha_epochs < 1:
+            raise ConfigError(f"alpha_epochs: must be at least 1 or null, got {self.alpha_epochs}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads: must be at least 1 or null, got {self.threads}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        if self.method == "impresslearn" and self.impressions == "heterogeneous" and self.m > self.num_tasks:
+            raise ConfigError(
+                f"m: heterogeneous impressions are the first m tasks' masks, so m ({self.m}) "
+                f"must not exceed num_tasks ({self.num_tasks})"
+            )
+        if (
+            self.stream == "split"
+            and self.data_root is None
+            and self.source == "digits"
+            and self.num_tasks * self.classes_per_task > 10
+        ):
+            raise ConfigError(
+                f"num_tasks: a split of digits holds at most {10 // self.classes_per_task} tasks "
+                f"of {self.classes_per_task} classes, got {self.num_tasks}"
+            )
+
+    # ---- derived quantities -------------------------------------------------------------------
+    @property
+    def density(self) -> float:
+        """Fraction of weights a mask keeps."""
+        return 1.0 - self.sparsity
+
+    # ---- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build from a mapping; unknown keys and ill-typed values raise `ConfigError` naming them."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of field: value, got {type(data).__name__}")
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in data.items()})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+        """Load a YAML file (a mapping), then apply `overrides` on top."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
+        return cls.from_dict({**data, **(overrides or {})})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
+        }
+
+    def replace(self, **changes: Any) -> Config:
+        return Config.from_dict({**self.to_dict(), **changes})
+
+    def diff(self, other: Config | None = None) -> dict[str, Any]:
+        """Fields that differ from `other` (default: the defaults)."""
+        base = (other or Config()).to_dict()
+        return {k: v for k, v in self.to_dict().items() if base[k] != v}
+
+    def run_name(self) -> str:
+        """Self-describing name: `key=value~...` of what differs from the defaults, then the seed."""
+        parts = [
+            f"{k}={'-'.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in self.diff().items()
+            if k not in ("seed", "device", "threads", "data_root")
+        ]
+        return "~".join([*parts, f"seed={self.seed}"])
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Check (and, for strings from the command line, parse) `value` against the field's type."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and optional):
+        if optional:
+            return None
+        raise ConfigError(f"{name}: a value is required (got null)")
+    base = (
+        next((a for a in args if a is not type(None)), hint)
+        if args and (typing.get_origin(hint) in (typing.Union, types.UnionType))
+        else hint
+    )
+    origin = typing.get_origin(base)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
+        return tuple(_coerce(name, v, int) for v in value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            result = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if result != result:
+            raise ConfigError(f"{name}: expected a number, got NaN")
+        return result
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    return value

@@ -1,0 +1,269 @@
+"""Masked layers: frozen signed-constant random weights whose effective mask comes from a source.
+
+One class per torch op (`MaskedLinear`, `MaskedConv2d`) plus the affine-free, per-task
+`TaskBatchNorm2d`. What a layer computes is set by a *mask source*, a small strategy object:
+
+    TopK(density)   edge-popup: keep the top `density` fraction of |scores| (straight-through)
+    Threshold()     SupSup's fast mask: scores >= 0 (straight-through)
+    Stored(i)       the i-th stored binary mask of the layer's bank
+    Mixture(alpha)  sum_i alpha[..., i] * bank[i] over the first alpha.shape[-1] stored masks
+    None            dense: the plain weight (used by the `finetune` baseline)
+
+The only door that changes a model's sources is the `task_view` context manager.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from impress.masks import pack_bits, threshold_mask, topk_mask, unpack_bits
+
+__all__ = [
+    "MaskedLinear",
+    "MaskedConv2d",
+    "TaskBatchNorm2d",
+    "TopK",
+    "Threshold",
+    "Stored",
+    "Mixture",
+    "masked_layers",
+    "task_norms",
+    "task_view",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask sources
+
+
+@dataclass(frozen=True)
+class TopK:
+    density: float
+
+    def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
+        return topk_mask(layer.scores, self.density)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
+        return threshold_mask(layer.scores)
+
+
+@dataclass(frozen=True)
+class Stored:
+    index: int
+
+    def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
+        return layer.bank_float(self.index + 1)[self.index]
+
+
+@dataclass(frozen=True, eq=False)
+class Mixture:
+    """Real-valued combination of stored masks; `alpha` is (m,) or per output unit (out, m)."""
+
+    alpha: torch.Tensor
+
+    def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
+        m = self.alpha.shape[-1]
+        bank = layer.bank_float(m)[:m]  # (m, out, ...)
+        if self.alpha.dim() == 1:
+            return torch.tensordot(self.alpha, bank, dims=1)  # (out, ...)
+        # per output unit: alpha (out, m) against bank (m, out, rest) -> (out, rest)
+        flat = bank.flatten(start_dim=2)
+        mixed = torch.einsum("om,mor->or", self.alpha, flat)
+        return mixed.view(bank.shape[1:])
+
+
+MaskSource = TopK | Threshold | Stored | Mixture | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+
+
+class _MaskedWeight:
+    """State shared by masked layers. Declared in `_init_mask_state`:
+
+    weight  frozen signed-constant weights, regenerated from `init_weight(seed)`; not trained
+    scores  (weight shape) real scores of the mask being learned now
+    bank    (n_masks, ceil(numel / 8)) uint8: every stored binary mask, bit-packed
+    """
+
+    weight: nn.Parameter
+    scores: nn.Parameter
+    bank: torch.Tensor
+    source: MaskSource
+
+    def _init_mask_state(self) -> None:
+        self.weight.requires_grad_(False)
+        self.scores = nn.Parameter(torch.zeros_like(self.weight))
+        nbytes = math.ceil(self.weight.numel() / 8)
+        self.register_buffer("bank", torch.zeros(0, nbytes, dtype=torch.uint8, device=self.weight.device))
+        self.source = None
+        self._bank_cache: torch.Tensor | None = None  # float copy of the bank, rebuilt when it grows
+
+    @property
+    def fan_in(self) -> int:
+        return self.weight[0].numel()
+
+    def init_weight(self, generator: torch.Generator) -> None:
+        """Signed Kaiming constant: +-sqrt(2 / fan_in) with random signs (no zeros)."""
+        signs = torch.randint(0, 2, self.weight.shape, generator=generator).float() * 2 - 1
+        with torch.no_grad():
+            self.weight.copy_(signs * math.sqrt(2.0 / self.fan_in))
+
+    def reset_scores(self, generator: torch.Generator) -> None:
+        """Fresh scores, uniform in +-1/sqrt(fan_in) (edge-popup's Kaiming-uniform with a=sqrt(5))."""
+        bound = 1.0 / math.sqrt(self.fan_in)
+        fresh = torch.rand(self.weight.shape, generator=generator) * (2 * bound) - bound
+        with torch.no_grad():
+            self.scores.copy_(fresh)
+
+    def store_mask(self, mask: torch.Tensor) -> int:
+        """Append a binary mask to the bank; returns its index."""
+        packed = pack_bits(mask.to(self.bank.device) != 0).unsqueeze(0)
+        self.bank = torch.cat([self.bank, packed])
+        self._bank_cache = None
+        return self.bank.shape[0] - 1
+
+    def stored_mask(self, index: int) -> torch.Tensor:
+        """The index-th stored mask as a bool tensor of the weight's shape."""
+        return unpack_bits(self.bank[index], self.weight.shape)
+
+    def bank_float(self, rows: int) -> torch.Tensor:
+        """The bank as float masks (n_masks, *weight.shape), cached; must hold at least `rows`."""
+        if rows > self.bank.shape[0]:
+            raise IndexError(f"the layer's bank holds {self.bank.shape[0]} masks; {rows} were asked for")
+        if self._bank_cache is None or self._bank_cache.shape[0] != self.bank.shape[0]:
+            self._bank_cache = unpack_bits(self.bank, self.weight.shape).to(self.weight.dtype)
+        return self._bank_cache
+
+    def current_mask(self) -> torch.Tensor | None:
+        """The mask the layer computes with now (None: dense)."""
+        return None if self.source is None else self.source(self)
+
+    def masked_weight(self) -> torch.Tensor:
+        mask = self.current_mask()
+        return self.weight if mask is None else self.weight * mask
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The bank grows with tasks: adopt the stored shape before copying into it.
+        key = prefix + "bank"
+        if key in state_dict:
+            self.bank = torch.empty_like(state_dict[key], device=self.bank.device)
+            self._bank_cache = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class MaskedLinear(_MaskedWeight, nn.Linear):
+    """Bias-free linear layer over a frozen random weight and a mask from `source`."""
+
+    def __init__(self, in_features: int, out_features: int, *, device=None) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=False, device=device)
+        self._init_mask_state()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.masked_weight())
+
+
+class MaskedConv2d(_MaskedWeight, nn.Conv2d):
+    """Bias-free 2-d convolution over a frozen random weight and a mask from `source`."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1, padding: int = 0, device=None
+    ) -> None:
+        nn.Conv2d.__init__(
+            self, in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False, device=device
+        )
+        self._init_mask_state()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(), None)
+
+
+class TaskBatchNorm2d(nn.BatchNorm2d):
+    """Affine-free BatchNorm whose running statistics are per-task state.
+
+    task_mean, task_var  (n_tasks, C): statistics stored for each finished task
+    While a task trains, the inherited `running_mean/var` collect its statistics; `store_stats`
+    appends them. `task` (set by `task_view`) selects the stored row used in eval mode. With
+    `per_task=False` the layer always normalises with the batch's own statistics.
+    """
+
+    def __init__(self, num_features: int, *, per_task: bool = True, device=None) -> None:
+        super().__init__(num_features, affine=False, track_running_stats=per_task, device=device)
+        self.per_task = per_task
+        self.register_buffer("task_mean", torch.zeros(0, num_features, device=device))
+        self.register_buffer("task_var", torch.zeros(0, num_features, device=device))
+        self.task: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.per_task or self.training or self.task is None:
+            return super().forward(x)
+        if self.task >= self.task_mean.shape[0]:
+            return super().forward(x)  # evaluating the task being learned: its running stats
+        return F.batch_norm(x, self.task_mean[self.task], self.task_var[self.task], training=False, eps=self.eps)
+
+    def store_stats(self) -> int:
+        """Append the running statistics as the next task's row; returns its index."""
+        self.task_mean = torch.cat([self.task_mean, self.running_mean.unsqueeze(0)])
+        self.task_var = torch.cat([self.task_var, self.running_var.unsqueeze(0)])
+        return self.task_mean.shape[0] - 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("task_mean", "task_var"):
+            if prefix + name in state_dict:
+                setattr(
+                    self,
+                    name,
+                    torch.empty_like(
+                        state_dict[prefix + name],
+                        device=self.running_mean.device if self.running_mean is not None else None,
+                    ),
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model-level access
+
+
+def masked_layers(model: nn.Module) -> list[MaskedLinear | MaskedConv2d]:
+    """The model's masked layers in definition order."""
+    return [m for m in model.modules() if isinstance(m, _MaskedWeight)]
+
+
+def task_norms(model: nn.Module) -> list[TaskBatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, TaskBatchNorm2d)]
+
+
+@contextmanager
+def task_view(
+    model: nn.Module, masks: MaskSource | Sequence[MaskSource], *, bn_task: int | None = None
+) -> Iterator[nn.Module]:
+    """Within the block, the model's masked layers compute with `masks` (one source for all
+    layers, or one per masked layer) and its per-task BatchNorms use task `bn_task`'s statistics."""
+    layers, norms = masked_layers(model), task_norms(model)
+    sources = list(masks) if isinstance(masks, Sequence) else [masks] * len(layers)
+    if len(sources) != len(layers):
+        raise ValueError(f"{len(sources)} mask sources given for {len(layers)} masked layers")
+    saved = [(layer.source) for layer in layers], [norm.task for norm in norms]
+    for layer, source in zip(layers, sources):
+        layer.source = source
+    for norm in norms:
+        norm.task = bn_task
+    try:
+        yield model
+    finally:
+        for layer, source in zip(layers, saved[0]):
+            layer.source = source
+        for norm, task in zip(norms, saved[1]):
+            norm.task = task

@@ -1,0 +1,44 @@
+"""Where a number came from: code version, libraries, machine."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+__all__ = ["provenance"]
+
+_PACKAGES = ("impress", "torch", "numpy", "scikit-learn", "torchvision")
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(device: str | torch.device = "cpu") -> dict[str, object]:
+    """Git commit and dirty flag, library versions, Python, host, device and threads."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status),
+        "versions": versions,
+        "python": platform.python_version(),
+        "host": platform.node(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }

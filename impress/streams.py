@@ -1,0 +1,274 @@
+"""Task streams: permuted, rotated and split tasks over an image source, deterministic in the seed.
+
+A source is loaded once as raw [0, 1] images (N, C, H, W) with a fixed, stratified train/test split.
+Each task is the source under a transform (a pixel permutation, a rotation, a class subset); a
+task's tensors are materialised on demand on the stream's device, so a stream of hundreds of
+permuted-MNIST tasks does not hold hundreds of copies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from impress.seeding import generator
+
+__all__ = ["Source", "Task", "Stream", "SOURCES", "STREAMS", "DatasetMissingError", "build_stream", "batches"]
+
+SPLIT_SEED = 0  # the train/test split of a source never changes with the run's seed
+
+
+class DatasetMissingError(FileNotFoundError):
+    """A torchvision dataset is not under the given root."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """Raw images in [0, 1] (N, C, H, W) and labels, split once into train and test."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+
+def _digits(root: str | None = None, download: bool = False) -> Source:
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download), 80/20 stratified split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
+    y = torch.tensor(data.target, dtype=torch.long)
+    idx_train, idx_test = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=0.2, stratify=y.numpy(), random_state=SPLIT_SEED
+    )
+    return Source("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], num_classes=10)
+
+
+def _torchvision(name: str, cls_name: str, num_classes: int, how: str) -> Callable[..., Source]:
+    def load(root: str | None = None, download: bool = False) -> Source:
+        import torchvision.datasets as tvd
+
+        if root is None:
+            raise DatasetMissingError(
+                f"source {name!r} needs `data_root`: a folder holding {cls_name} in torchvision's layout ({how})."
+            )
+        cls = getattr(tvd, cls_name)
+        parts = []
+        for train in (True, False):
+            try:
+                ds = cls(root=root, train=train, download=download)
+            except RuntimeError as err:
+                raise DatasetMissingError(
+                    f"{cls_name} not found under {Path(root).resolve()}: {err}. Obtain it with "
+                    f"`impress run --source {name} --data_root {root} --download true` on a machine with "
+                    f"internet access, or copy it there ({how})."
+                ) from None
+            x = torch.as_tensor(ds.data)
+            x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+            parts += [x.float() / 255.0, torch.as_tensor(ds.targets, dtype=torch.long)]
+        return Source(name, *parts, num_classes=num_classes)
+
+    return load
+
+
+SOURCES: dict[str, Callable[..., Source]] = {
+    "digits": _digits,
+    "mnist": _torchvision("mnist", "MNIST", 10, "<root>/MNIST/raw/*-ubyte"),
+    "fashion_mnist": _torchvision("fashion_mnist", "FashionMNIST", 10, "<root>/FashionMNIST/raw/*-ubyte"),
+    "cifar10": _torchvision("cifar10", "CIFAR10", 10, "<root>/cifar-10-batches-py/"),
+    "cifar100": _torchvision("cifar100", "CIFAR100", 100, "<root>/cifar-100-python/"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tasks
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Rotate images (N, C, H, W) about their centre, bilinear, zero (background) fill."""
+    if degrees % 360 == 0:
+        return x
+    t = math.radians(degrees)
+    theta = torch.tensor(
+        [[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]], dtype=x.dtype, device=x.device
+    )
+    grid = F.affine_grid(theta.expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task: the source's data under `transform`, optionally restricted to `classes`."""
+
+    index: int
+    name: str
+    num_classes: int
+    transform: Callable[[torch.Tensor], torch.Tensor]
+    classes: tuple[int, ...] | None = None  # split tasks: the source classes it holds
+    remap: bool = True  # split tasks: labels become 0..len(classes)-1
+    stream: Stream | None = field(default=None, repr=False, compare=False)
+
+    def _select(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.classes is not None:
+            classes = torch.tensor(self.classes, device=y.device)
+            keep = torch.isin(y, classes)
+            x, y = x[keep], y[keep]
+            if self.remap:
+                y = (y.unsqueeze(1) == classes).long().argmax(dim=1)
+        s = self.stream
+        return (self.transform(x) - s.mean) / s.std, y
+
+    def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (N, C, H, W) normalised, y (N,)) on the stream's device."""
+        return self._select(self.stream.source.x_train, self.stream.source.y_train)
+
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._select(self.stream.source.x_test, self.stream.source.y_test)
+
+
+@dataclass
+class Stream:
+    """A sequence of tasks over one source (held on `device`)."""
+
+    kind: str
+    source: Source
+    tasks: list[Task]
+    num_classes: int  # output units the model needs
+    seed: int
+    mean: float
+    std: float
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    def __getitem__(self, i: int) -> Task:
+        return self.tasks[i]
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return self.source.in_shape
+
+    def identity(self) -> dict[str, object]:
+        """What identifies this stream's data (for provenance)."""
+        return {
+            "stream": self.kind,
+            "source": self.source.name,
+            "tasks": len(self.tasks),
+            "seed": self.seed,
+            "train_size": len(self.source.y_train),
+            "test_size": len(self.source.y_test),
+            "task_names": [t.name for t in self.tasks],
+        }
+
+
+def _permuted(source: Source, num_tasks: int, seed: int, **_) -> tuple[list[Task], int]:
+    n_pixels = math.prod(source.in_shape)
+
+    def permute(perm: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: x.flatten(start_dim=1)[:, perm.to(x.device)].view_as(x)
+
+    tasks = [
+        Task(
+            t,
+            f"permuted_{t:03d}",
+            source.num_classes,
+            permute(torch.randperm(n_pixels, generator=generator("permutation", seed, t))),
+        )
+        for t in range(num_tasks)
+    ]
+    return tasks, source.num_classes
+
+
+def _rotated(source: Source, num_tasks: int, seed: int, **_) -> tuple[list[Task], int]:
+    step = 360.0 / num_tasks
+    tasks = [
+        Task(t, f"rotated_{t * step:05.1f}deg", source.num_classes, lambda x, a=t * step: _rotate(x, a))
+        for t in range(num_tasks)
+    ]
+    return tasks, source.num_classes
+
+
+def _split(
+    source: Source, num_tasks: int, seed: int, *, classes_per_task: int = 2, split_labels: str = "remap", **_
+) -> tuple[list[Task], int]:
+    if num_tasks * classes_per_task > source.num_classes:
+        raise ValueError(
+            f"split stream: {num_tasks} tasks x {classes_per_task} classes exceeds the "
+            f"{source.num_classes} classes of {source.name!r}"
+        )
+    remap = split_labels == "remap"
+    tasks = []
+    for t in range(num_tasks):
+        classes = tuple(range(t * classes_per_task, (t + 1) * classes_per_task))
+        tasks.append(
+            Task(
+                t,
+                f"split_{'-'.join(map(str, classes))}",
+                classes_per_task if remap else source.num_classes,
+                lambda x: x,
+                classes=classes,
+                remap=remap,
+            )
+        )
+    return tasks, classes_per_task if remap else source.num_classes
+
+
+STREAMS: dict[str, Callable[..., tuple[list[Task], int]]] = {
+    "permuted": _permuted,
+    "rotated": _rotated,
+    "split": _split,
+}
+
+
+def build_stream(
+    kind: str,
+    source: str,
+    *,
+    num_tasks: int,
+    seed: int,
+    data_root: str | None = None,
+    download: bool = False,
+    device: str | torch.device = "cpu",
+    **options,
+) -> Stream:
+    """The stream `kind` over `source`, its data resident on `device`."""
+    if kind not in STREAMS:
+        raise KeyError(f"unknown stream {kind!r}; expected one of {sorted(STREAMS)}")
+    if source not in SOURCES:
+        raise KeyError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
+    src = SOURCES[source](data_root, download)
+    src = Source(
+        src.name,
+        *(t.to(device) for t in (src.x_train, src.y_train, src.x_test, src.y_test)),
+        num_classes=src.num_classes,
+    )
+    tasks, num_classes = STREAMS[kind](src, num_tasks, seed, **options)
+    stream = Stream(kind, src, [], num_classes, seed, mean=float(src.x_train.mean()), std=float(src.x_train.std()))
+    stream.tasks = [Task(t.index, t.name, t.num_classes, t.transform, t.classes, t.remap, stream) for t in tasks]
+    return stream
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, g: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One epoch of shuffled mini-batches by device-resident index (no DataLoader, no workers)."""
+    order = torch.randperm(len(y), generator=g).to(y.device)
+    for i in range(0, len(y), batch_size):
+        idx = order[i : i + batch_size]
+        yield x[idx], y[idx]

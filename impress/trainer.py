@@ -1,0 +1,196 @@
+"""The sequential task-stream trainer: `run(cfg, report) -> Result`.
+
+    for task in stream:
+        method.learn(task)                  # what the method trains
+        R[t, :t+1] = evaluate all seen tasks
+        report(metrics with step = t)       # Ray, the CLI and the tests each pass their own
+        checkpoint                          # a later run resumes here, bit-identically
+
+Task identity is given at training and test (GG).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from impress.backbones import build_backbone
+from impress.checkpoint import CheckpointError, load_checkpoint, load_method_state, method_state, save_checkpoint
+from impress.config import Config
+from impress.methods import METHODS
+from impress.metrics import summary
+from impress.overhead import Overhead, overhead
+from impress.provenance import provenance
+from impress.streams import Stream, Task, build_stream
+
+__all__ = ["Result", "run", "build", "evaluate", "resolve_device"]
+
+Report = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class Result:
+    config: dict[str, Any]
+    acc_matrix: list[list[float]]  # R[i][j], NaN above the diagonal
+    metrics: dict[str, float]
+    overhead: dict[str, Any]
+    task_seconds: list[float]
+    stream: dict[str, Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        def clean(x: Any) -> Any:  # JSON has no NaN: write null
+            if isinstance(x, float) and x != x:
+                return None
+            if isinstance(x, list):
+                return [clean(v) for v in x]
+            if isinstance(x, dict):
+                return {k: clean(v) for k, v in x.items()}
+            return x
+
+        return json.dumps(clean(asdict(self)), indent=2)
+
+    def write(self, directory: str | Path) -> None:
+        """results.json and acc_matrix.csv (rows: after task i; columns: task j)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "results.json").write_text(self.to_json())
+        R = np.array(self.acc_matrix, dtype=float)
+        header = ",".join(f"task_{j:03d}" for j in range(R.shape[1]))
+        np.savetxt(directory / "acc_matrix.csv", R, delimiter=",", header=header, comments="", fmt="%.6f")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available here")
+    return torch.device(name)
+
+
+def build(cfg: Config, device: torch.device) -> tuple[Stream, nn.Module]:
+    """The stream and the method (with its backbone) a config describes."""
+    stream = build_stream(
+        cfg.stream,
+        cfg.source,
+        num_tasks=cfg.num_tasks,
+        seed=cfg.seed,
+        data_root=cfg.data_root,
+        download=cfg.download,
+        device=device,
+        classes_per_task=cfg.classes_per_task,
+        split_labels=cfg.split_labels,
+    )
+    net = build_backbone(
+        cfg.backbone,
+        in_shape=stream.in_shape,
+        num_classes=stream.num_classes,
+        seed=cfg.seed,
+        widths=cfg.widths,
+        per_task_bn=cfg.bn == "task",
+        device=device,
+    )
+    return stream, METHODS[cfg.method](cfg, net)
+
+
+@torch.no_grad()
+def evaluate(method: nn.Module, task: Task, *, batch_size: int = 1024) -> float:
+    """Accuracy of the method's view of `task` on the task's test set."""
+    x, y = task.test_data()
+    method.eval()
+    correct = 0
+    with method.view(task.index):
+        for i in range(0, len(y), batch_size):
+            correct += int((method.net(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size]).sum())
+    return correct / len(y)
+
+
+def _overhead(cfg: Config, method: nn.Module) -> Overhead:
+    layout = getattr(method, "layout", None)
+    return overhead(cfg, method.net, layout.size if layout is not None else 0)
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in ("device", "threads")}
+
+
+def run(
+    cfg: Config,
+    report: Report = lambda metrics: None,
+    *,
+    progress: Report = lambda event: None,
+    checkpoint_dir: str | Path | None = None,
+) -> Result:
+    """Learn the config's task stream in order; returns the accuracy matrix and the metrics.
+
+    With `checkpoint_dir`, state is saved after every task and a run finding a checkpoint there
+    continues after its last finished task (with the same results as an uninterrupted run)."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    stream, method = build(cfg, device)
+    T = len(stream)
+    R = np.full((T, T), np.nan)
+    seconds: list[float] = []
+    start = 0
+    if checkpoint_dir is not None and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
+        if _comparable(ckpt["config"]) != _comparable(cfg.to_dict()):
+            diff = {k for k, v in _comparable(cfg.to_dict()).items() if ckpt["config"].get(k) != v}
+            raise CheckpointError(
+                f"{checkpoint_dir}: the checkpoint was written by a different config (differs in {sorted(diff)})"
+            )
+        load_method_state(method, ckpt["method"])
+        start = ckpt["tasks_done"]
+        R[:start, :start] = np.array(ckpt["acc_matrix"], dtype=float)
+        seconds = list(ckpt["task_seconds"])
+    bits = _overhead(cfg, method)
+    dedicated = T if cfg.method == "supsup" else (0 if cfg.method == "finetune" else bits.dedicated_tasks)
+
+    for t in range(start, T):
+        task = stream[t]
+        began = time.perf_counter()
+        method.learn(task, progress)
+        seconds.append(time.perf_counter() - began)
+        for j in range(t + 1):
+            R[t, j] = evaluate(method, stream[j])
+        metrics = summary(R[: t + 1, : t + 1], dedicated_tasks=dedicated)
+        report(
+            {
+                "step": t,
+                "task": task.name,
+                **{f"acc/task_{j:03d}": R[t, j] for j in range(t + 1)},
+                **metrics,
+                "bits/per_task": bits.per_task_bits,
+                "bits/total": bits.total_bits(t + 1),
+                "time/task_s": seconds[-1],
+            }
+        )
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir,
+                {
+                    "config": cfg.to_dict(),
+                    "tasks_done": t + 1,
+                    "acc_matrix": R[: t + 1, : t + 1].tolist(),
+                    "task_seconds": seconds,
+                    "method": method_state(method),
+                },
+            )
+
+    return Result(
+        config=cfg.to_dict(),
+        acc_matrix=R.tolist(),
+        metrics=summary(R, dedicated_tasks=dedicated),
+        overhead=bits.as_dict(T),
+        task_seconds=seconds,
+        stream=stream.identity(),
+        provenance={**provenance(device), "seed": cfg.seed, "n_seeds": 1},
+    )
