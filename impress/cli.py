@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from impress.checkpoint import CheckpointError
 from impress.config import Config, ConfigError
 
 __all__ = ["main"]
@@ -100,7 +101,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if not (ckpt / "checkpoint.pt").exists():  # on --resume, the run checks the config against the checkpoint
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     print(f"run {out}", file=sys.stderr)
     bar = _Progress(cfg.num_tasks)
     try:
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args.overrides = rest
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

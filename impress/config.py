@@ -30,11 +30,14 @@ def _range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
     return {"range": (lo, hi, lo_open, hi_open)}
 
 
+SOURCE_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Config:
     # data
     stream: str = field(default="rotated", metadata=_choice("permuted", "rotated", "split"))
-    source: str = field(default="digits", metadata=_choice("digits", "mnist", "fashion_mnist", "cifar10", "cifar100"))
+    source: str = field(default="digits", metadata=_choice(*SOURCE_CLASSES))
     data_root: str | None = None
     download: bool = False
     num_tasks: int = field(default=20, metadata=_range(1, 100_000))
@@ -72,7 +75,8 @@ class Config:
                 raise ConfigError(f"{f.name}: {value!r} is not one of {list(f.metadata['choices'])}")
             if "range" in f.metadata:
                 lo, hi, lo_open, hi_open = f.metadata["range"]
-                if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+                inside = lo <= value <= hi and not (lo_open and value == lo) and not (hi_open and value == hi)
+                if not inside:  # NOTE: written so that NaN is outside
                     interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
                     raise ConfigError(f"{f.name}: {value!r} is outside the allowed range {interval}")
         if any(w < 1 for w in self.widths):

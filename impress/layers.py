@@ -26,6 +26,7 @@ from torch import nn
 from impress.masks import pack_bits, threshold_mask, topk_mask, unpack_bits
 
 __all__ = [
+    "GrowingBuffers",
     "MaskedLinear",
     "MaskedConv2d",
     "TaskBatchNorm2d",
@@ -89,7 +90,20 @@ MaskSource = TopK | Threshold | Stored | Mixture | None
 # Layers
 
 
-class _MaskedWeight:
+class GrowingBuffers:
+    """Mixin for modules whose per-task buffers (named in `growing_buffers`) grow with tasks:
+    loading a state dict first gives each such buffer the stored shape, then copies into it."""
+
+    growing_buffers: tuple[str, ...] = ()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in self.growing_buffers:
+            if (stored := state_dict.get(prefix + name)) is not None:
+                setattr(self, name, getattr(self, name).new_empty(stored.shape))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class _MaskedWeight(GrowingBuffers):
     """State shared by masked layers. Declared in `_init_mask_state`:
 
     weight  frozen signed-constant weights, regenerated from `init_weight(seed)`; not trained
@@ -97,6 +111,7 @@ class _MaskedWeight:
     bank    (n_masks, ceil(numel / 8)) uint8: every stored binary mask, bit-packed
     """
 
+    growing_buffers = ("bank",)
     weight: nn.Parameter
     scores: nn.Parameter
     bank: torch.Tensor
@@ -108,7 +123,8 @@ class _MaskedWeight:
         nbytes = math.ceil(self.weight.numel() / 8)
         self.register_buffer("bank", torch.zeros(0, nbytes, dtype=torch.uint8, device=self.weight.device))
         self.source = None
-        self._bank_cache: torch.Tensor | None = None  # float copy of the bank, rebuilt when it grows
+        # float copy of the bank and the bank tensor it was made from (every change replaces the tensor)
+        self._bank_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def fan_in(self) -> int:
@@ -131,7 +147,6 @@ class _MaskedWeight:
         """Append a binary mask to the bank; returns its index."""
         packed = pack_bits(mask.to(self.bank.device) != 0).unsqueeze(0)
         self.bank = torch.cat([self.bank, packed])
-        self._bank_cache = None
         return self.bank.shape[0] - 1
 
     def stored_mask(self, index: int) -> torch.Tensor:
@@ -142,9 +157,9 @@ class _MaskedWeight:
         """The bank as float masks (n_masks, *weight.shape), cached; must hold at least `rows`."""
         if rows > self.bank.shape[0]:
             raise IndexError(f"the layer's bank holds {self.bank.shape[0]} masks; {rows} were asked for")
-        if self._bank_cache is None or self._bank_cache.shape[0] != self.bank.shape[0]:
-            self._bank_cache = unpack_bits(self.bank, self.weight.shape).to(self.weight.dtype)
-        return self._bank_cache
+        if self._bank_cache is None or self._bank_cache[0] is not self.bank:
+            self._bank_cache = self.bank, unpack_bits(self.bank, self.weight.shape).to(self.weight.dtype)
+        return self._bank_cache[1]
 
     def current_mask(self) -> torch.Tensor | None:
         """The mask the layer computes with now (None: dense)."""
@@ -153,14 +168,6 @@ class _MaskedWeight:
     def masked_weight(self) -> torch.Tensor:
         mask = self.current_mask()
         return self.weight if mask is None else self.weight * mask
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The bank grows with tasks: adopt the stored shape before copying into it.
-        key = prefix + "bank"
-        if key in state_dict:
-            self.bank = torch.empty_like(state_dict[key], device=self.bank.device)
-            self._bank_cache = None
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class MaskedLinear(_MaskedWeight, nn.Linear):
@@ -189,7 +196,7 @@ class MaskedConv2d(_MaskedWeight, nn.Conv2d):
         return self._conv_forward(x, self.masked_weight(), None)
 
 
-class TaskBatchNorm2d(nn.BatchNorm2d):
+class TaskBatchNorm2d(GrowingBuffers, nn.BatchNorm2d):
     """Affine-free BatchNorm whose running statistics are per-task state.
 
     task_mean, task_var  (n_tasks, C): statistics stored for each finished task
@@ -197,6 +204,8 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     appends them. `task` (set by `task_view`) selects the stored row used in eval mode. With
     `per_task=False` the layer always normalises with the batch's own statistics.
     """
+
+    growing_buffers = ("task_mean", "task_var")
 
     def __init__(self, num_features: int, *, per_task: bool = True, device=None) -> None:
         super().__init__(num_features, affine=False, track_running_stats=per_task, device=device)
@@ -217,19 +226,6 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         self.task_mean = torch.cat([self.task_mean, self.running_mean.unsqueeze(0)])
         self.task_var = torch.cat([self.task_var, self.running_var.unsqueeze(0)])
         return self.task_mean.shape[0] - 1
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("task_mean", "task_var"):
-            if prefix + name in state_dict:
-                setattr(
-                    self,
-                    name,
-                    torch.empty_like(
-                        state_dict[prefix + name],
-                        device=self.running_mean.device if self.running_mean is not None else None,
-                    ),
-                )
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import nn
 
 from impress.coefficients import CoeffLayout
 from impress.config import Config
-from impress.layers import Stored, Threshold, TopK, masked_layers, task_norms, task_view
+from impress.layers import GrowingBuffers, Stored, Threshold, TopK, masked_layers, task_norms, task_view
 from impress.masks import keep_count
 from impress.seeding import generator
 from impress.streams import Task, batches
@@ -151,7 +151,7 @@ class SupSup(_MaskMethod):
         return task_view(self.net, Stored(t), bn_task=t)
 
 
-class ImpressLearn(_MaskMethod):
+class ImpressLearn(GrowingBuffers, _MaskMethod):
     """A bank of m impressions; a task is a real-valued combination of them.
 
     The first `n_dedicated` tasks are solved by their own stored mask (heterogeneous: the m
@@ -160,6 +160,8 @@ class ImpressLearn(_MaskMethod):
 
     coeffs  (tasks_with_coefficients, layout.size) float32: effective mixing coefficients
     """
+
+    growing_buffers = ("coeffs",)
 
     def __init__(self, cfg: Config, net: nn.Module) -> None:
         super().__init__(cfg, net)

@@ -1,0 +1,146 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from impress.checkpoint import FILENAME, CheckpointError
+from impress.config import Config
+from impress.layers import TopK, masked_layers, task_norms, task_view
+from impress.methods import DivergedError, train_epochs
+from impress.seeding import generator
+from impress.trainer import build, evaluate, resolve_device, run
+
+CPU = resolve_device("cpu")
+SMALL = dict(num_tasks=4, epochs=2, widths=(64, 64))
+
+
+def _logits(method, task):
+    x, _ = task.test_data()
+    method.eval()
+    with torch.no_grad(), method.view(task.index):
+        return method.net(x)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Config(method="supsup", **SMALL),
+        Config(m=2, granularity="channel", **SMALL),
+        Config(m=2, impressions="homogeneous", **SMALL),
+        Config(m=3, impressions="random", granularity="layer", **SMALL),
+        Config(method="supsup", backbone="convnet", **SMALL),
+        Config(m=2, backbone="convnet", **SMALL),
+    ],
+    ids=["supsup", "il-heterogeneous", "il-homogeneous", "il-random", "supsup-conv", "il-conv"],
+)
+def test_old_tasks_are_bit_identical_after_later_tasks(cfg):
+    stream, method = build(cfg, CPU)
+    method.learn(stream[0], lambda e: None)
+    method.learn(stream[1], lambda e: None)
+    before = [_logits(method, stream[t]) for t in range(2)]
+    banks = [layer.bank.clone() for layer in masked_layers(method.net)]
+    stats = [n.task_mean.clone() for n in task_norms(method.net)]
+    for t in range(2, len(stream)):
+        method.learn(stream[t], lambda e: None)
+    for t in range(2):
+        assert torch.equal(_logits(method, stream[t]), before[t])
+    for layer, bank in zip(masked_layers(method.net), banks):
+        assert torch.equal(layer.bank[: len(bank)], bank)  # stored masks never change
+    for norm, mean in zip(task_norms(method.net), stats):
+        assert torch.equal(norm.task_mean[: len(mean)], mean)
+
+
+def test_resume_is_exact(tmp_path):
+    cfg = Config(m=2, num_tasks=5, epochs=2, widths=(64, 64))
+    full = run(cfg, checkpoint_dir=tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_three(metrics):
+        if metrics["step"] == 3:
+            raise Stop
+
+    with pytest.raises(Stop):  # killed during task 3's report, after one coefficient task (m=2)
+        run(cfg, report=stop_at_three, checkpoint_dir=tmp_path / "cut")
+    reported = []
+    resumed = run(cfg, report=reported.append, checkpoint_dir=tmp_path / "cut")
+    assert [m["step"] for m in reported] == [3, 4]  # task 3's checkpoint was never written: redone
+    np.testing.assert_array_equal(np.array(resumed.acc_matrix), np.array(full.acc_matrix))
+    a = torch.load(tmp_path / "full" / FILENAME, weights_only=True)["method"]
+    b = torch.load(tmp_path / "cut" / FILENAME, weights_only=True)["method"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_holds_no_frozen_weights(tmp_path):
+    cfg = Config(method="supsup", num_tasks=2, epochs=1, widths=(64, 64))
+    run(cfg, checkpoint_dir=tmp_path)
+    state = torch.load(tmp_path / FILENAME, weights_only=True)["method"]
+    assert not any(k.endswith(".weight") or k.endswith(".scores") for k in state)
+    assert all(v.dtype == torch.uint8 for k, v in state.items() if k.endswith("bank"))
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    run(Config(method="supsup", num_tasks=2, epochs=1), checkpoint_dir=tmp_path)
+    with pytest.raises(CheckpointError, match=r"differs in \['epochs'\]"):
+        run(Config(method="supsup", num_tasks=2, epochs=2), checkpoint_dir=tmp_path)
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    run(Config(method="supsup", num_tasks=2, epochs=1), checkpoint_dir=tmp_path)
+    path = tmp_path / FILENAME
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="unreadable checkpoint"):
+        run(Config(method="supsup", num_tasks=2, epochs=1), checkpoint_dir=tmp_path)
+
+
+def test_diverging_loss_names_task_and_learning_rate():
+    cfg = Config(method="supsup", num_tasks=1, epochs=2)
+    stream, method = build(cfg, CPU)
+    params = [layer.scores for layer in masked_layers(method.net)]
+
+    def overflowing(x):  # a network whose logits overflow: the loss is NaN
+        return method.net(x) * float("inf")
+
+    with task_view(method.net, TopK(0.5)), pytest.raises(DivergedError, match=r"task 0 .*epoch 1.*lr=0.01"):
+        train_epochs(
+            overflowing,
+            params,
+            stream[0],
+            cfg,
+            lr=cfg.lr,
+            epochs=2,
+            g=generator("t"),
+            progress=lambda e: None,
+            phase="mask",
+        )
+
+
+def test_reports_use_task_index_as_step():
+    reported = []
+    result = run(Config(m=2, num_tasks=3, epochs=1), report=reported.append)
+    assert [m["step"] for m in reported] == [0, 1, 2]
+    task_keys = sorted(k for k in reported[-1] if k.startswith("acc/task_"))
+    assert task_keys == ["acc/task_000", "acc/task_001", "acc/task_002"]
+    assert reported[-1]["acc/avg"] == result.metrics["acc/avg"]
+    assert reported[-1]["bits/total"] == result.overhead["total_bits"]
+    assert len(result.task_seconds) == 3 and all(s > 0 for s in result.task_seconds)
+    assert result.provenance["seed"] == 0 and "torch" in result.provenance["versions"]
+
+
+def test_split_stream_with_resnet_runs():
+    cfg = Config(method="supsup", stream="split", num_tasks=2, backbone="convnet", epochs=1)
+    result = run(cfg)
+    assert len(result.acc_matrix) == 2 and not math.isnan(result.metrics["acc/avg"])
+
+
+def test_evaluate_is_accuracy_of_the_view():
+    cfg = Config(method="supsup", num_tasks=1, epochs=1)
+    stream, method = build(cfg, CPU)
+    method.learn(stream[0], lambda e: None)
+    _, y = stream[0].test_data()
+    expected = float((_logits(method, stream[0]).argmax(1) == y).float().mean())
+    assert evaluate(method, stream[0]) == pytest.approx(expected)
