@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from torch import nn
 from impress.backbones import build_backbone
 from impress.checkpoint import CheckpointError, load_checkpoint, load_method_state, method_state, save_checkpoint
 from impress.config import Config
+from impress.layers import Stored, masked_layers, task_view
 from impress.methods import METHODS
 from impress.metrics import summary
 from impress.overhead import Overhead, overhead
@@ -102,15 +104,31 @@ def build(cfg: Config, device: torch.device) -> tuple[Stream, nn.Module]:
 
 
 @torch.no_grad()
-def evaluate(method: nn.Module, task: Task, *, batch_size: int = 1024) -> float:
-    """Accuracy of the method's view of `task` on the task's test set."""
+def evaluate(
+    method: nn.Module, task: Task, *, view: AbstractContextManager | None = None, batch_size: int = 1024
+) -> float:
+    """Accuracy on the task's test set of the method's view of the task (or of `view`)."""
     x, y = task.test_data()
     method.eval()
     correct = 0
-    with method.view(task.index):
+    with view if view is not None else method.view(task.index):
         for i in range(0, len(y), batch_size):
             correct += int((method.net(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size]).sum())
     return correct / len(y)
+
+
+def stored_mask_transfer(method: nn.Module, stream: Stream) -> np.ndarray:
+    """A[i, j] = accuracy on task j of stored mask i alone, for methods whose mask i was learned on
+    task i (SupSup, heterogeneous ImpressLearn), with task i's BN statistics.
+
+    The diagonal is each mask on its own task; off the diagonal, how much a foreign impression
+    transfers. Near chance off the diagonal means a combination's accuracy comes from combining."""
+    n = min(masked_layers(method.net)[0].bank.shape[0], len(stream))
+    A = np.full((n, len(stream)), np.nan)
+    for i in range(n):
+        for j in range(len(stream)):
+            A[i, j] = evaluate(method, stream[j], view=task_view(method.net, Stored(i), bn_task=i))
+    return A
 
 
 def _overhead(cfg: Config, method: nn.Module) -> Overhead:
