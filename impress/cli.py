@@ -17,6 +17,8 @@ import yaml
 
 from impress.checkpoint import CheckpointError
 from impress.config import Config, ConfigError
+from impress.study import StudyError
+from impress.tracking import TrackingError
 
 __all__ = ["main"]
 
@@ -115,6 +117,63 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_study(args: argparse.Namespace) -> int:
+    from impress.study import Study
+    from impress.tuner import front_summary, resume_study, run_study, study_dir
+
+    if args.action == "sync":
+        from impress.tuner import sync_study
+
+        n = sync_study(args.target, storage=args.storage)
+        print(f"synced {n} trials of {args.target} to MLflow")
+        return 0
+    if args.action == "run":
+        study = Study.from_yaml(args.target)  # a malformed file fails here, before Ray starts
+        if args.trials is not None:
+            study = dataclasses.replace(study, trials=args.trials)
+        existing = study_dir(args.storage, study.name) / "study.yaml"
+        if args.resume and existing.exists():
+            if Study.from_yaml(existing) != study:
+                raise StudyError(f"{args.target} differs from the study of that name in {existing.parent}; "
+                                 f"rename the study or remove the folder")
+            outcome = resume_study(study.name, storage=args.storage, address=args.address)
+        else:
+            outcome = run_study(study, storage=args.storage, address=args.address)
+    else:
+        outcome = resume_study(args.target, storage=args.storage, address=args.address)
+        study = Study.from_yaml(outcome.root / "study.yaml")
+    print(front_summary(outcome, study))
+    print(f"\nwrote {outcome.root / 'trials.csv'}, {outcome.root / 'front.csv'}"
+          + (f", {outcome.root / 'pareto.png'}" if (outcome.root / "pareto.png").exists() else ""))
+    if not outcome.complete:
+        print(f"\nthe study did not finish; continue it with: impress study resume {study.name} "
+              f"--storage {args.storage}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    import os
+
+    from impress.tracking import check_reachable, default_tracking_uri
+
+    uri = args.store or default_tracking_uri()
+    check_reachable(uri)
+    url = f"http://{args.host}:{args.port}/"
+    if args.study:
+        from mlflow.tracking import MlflowClient
+
+        experiment = MlflowClient(tracking_uri=uri).get_experiment_by_name(args.study)
+        if experiment is None:
+            raise TrackingError(f"no study {args.study!r} in {uri}")
+        url += f"#/experiments/{experiment.experiment_id}/runs"
+    print(f"MLflow UI for {uri}\n  {url}\n(Ctrl-C stops it)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port), "--workers", "1"]
+    os.execv(sys.executable, command)  # the server replaces this process; signals reach it directly
+    return 0  # pragma: no cover
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="impress", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,13 +188,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="run folder name (default: key=value~... of non-default fields, then seed)")
     p.add_argument("--resume", action="store_true", help="continue the run in the folder from its checkpoint")
     p.set_defaults(func=_cmd_run)
+    s = sub.add_parser("study", help="run or resume a study with Ray Tune (Optuna searches, grids)")
+    s.add_argument("action", choices=["run", "resume", "sync"],
+                   help="run a study file; resume a study by name; sync a study's trials to MLflow")
+    s.add_argument("target", help="study file (run) or study name (resume, sync)")
+    s.add_argument("--storage", default="runs/studies", help="parent folder of study folders (default: runs/studies)")
+    s.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
+    s.add_argument("--trials", type=int, default=None, help="override the study's trial count (searches)")
+    s.add_argument("--resume", action="store_true",
+                   help="run: if the study already has results, continue it instead (the file must be unchanged)")
+    s.set_defaults(func=_cmd_study)
+    u = sub.add_parser("ui", help="start the MLflow UI over the studies' tracking store (127.0.0.1)")
+    u.add_argument("--store", default=None,
+                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    u.add_argument("--study", default=None, help="print the URL of this study's experiment")
+    u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=_cmd_ui)
     args, rest = parser.parse_known_args(argv)
-    # `impress run [config.yaml] [--key value ...]`: a leading bare word is the YAML file
-    args.config = rest.pop(0) if rest and not rest[0].startswith("--") else None
-    args.overrides = rest
+    if args.command == "run":
+        # `impress run [config.yaml] [--key value ...]`: a leading bare word is the YAML file
+        args.config = rest.pop(0) if rest and not rest[0].startswith("--") else None
+        args.overrides = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, StudyError, CheckpointError, TrackingError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -180,17 +180,7 @@ def run(
         for j in range(t + 1):
             R[t, j] = evaluate(method, stream[j])
         metrics = summary(R[: t + 1, : t + 1], dedicated_tasks=dedicated)
-        report(
-            {
-                "step": t,
-                "task": task.name,
-                **{f"acc/task_{j:03d}": R[t, j] for j in range(t + 1)},
-                **metrics,
-                "bits/per_task": bits.per_task_bits,
-                "bits/total": bits.total_bits(t + 1),
-                "time/task_s": seconds[-1],
-            }
-        )
+        # NOTE: state is on disk before the report, so a report always has a checkpoint behind it
         if checkpoint_dir is not None:
             save_checkpoint(
                 checkpoint_dir,
@@ -202,6 +192,20 @@ def run(
                     "method": method_state(method),
                 },
             )
+        report(
+            {
+                "step": t,
+                "task": task.name,
+                "tasks_done": t + 1,
+                "num_tasks": T,
+                "resumed_from": start,
+                **{f"acc/task_{j:03d}": R[t, j] for j in range(t + 1)},
+                **metrics,
+                "bits/per_task": bits.per_task_bits,
+                "bits/total": bits.total_bits(t + 1),
+                "time/task_s": seconds[-1],
+            }
+        )
 
     return Result(
         config=cfg.to_dict(),

@@ -64,11 +64,12 @@ def test_resume_is_exact(tmp_path):
         if metrics["step"] == 3:
             raise Stop
 
-    with pytest.raises(Stop):  # killed during task 3's report, after one coefficient task (m=2)
+    with pytest.raises(Stop):  # killed in task 3's report (its checkpoint is written): one coefficient task done
         run(cfg, report=stop_at_three, checkpoint_dir=tmp_path / "cut")
     reported = []
     resumed = run(cfg, report=reported.append, checkpoint_dir=tmp_path / "cut")
-    assert [m["step"] for m in reported] == [3, 4]  # task 3's checkpoint was never written: redone
+    assert [m["step"] for m in reported] == [4]  # nothing redone, nothing lost
+    assert reported[0]["resumed_from"] == 4
     np.testing.assert_array_equal(np.array(resumed.acc_matrix), np.array(full.acc_matrix))
     a = torch.load(tmp_path / "full" / FILENAME, weights_only=True)["method"]
     b = torch.load(tmp_path / "cut" / FILENAME, weights_only=True)["method"]

@@ -1,0 +1,320 @@
+"""Study files: what a study searches or sweeps, validated before anything runs.
+
+A study is a YAML file with a `name`, the fixed `base` config, and either an Optuna `search`
+space or an exhaustive `grid` (axes, and/or a list of `cases`), plus objectives, sampler, trial
+count, concurrency, seeds, per-trial resources and optional ASHA early stopping. Every value a
+trial could receive is checked against `Config` here, so a malformed study fails before Ray starts.
+This module never imports Ray or Optuna.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from impress.config import Config, ConfigError
+
+__all__ = ["Study", "Param", "Objective", "EarlyStopping", "Resources", "StudyError", "METRICS", "SAMPLERS"]
+
+# Metrics a trial reports at every task boundary that a study may optimise or stop on.
+METRICS = ("acc/avg", "acc/avg_coeff_tasks", "acc/just_trained", "forgetting", "bwt", "bits/per_task",
+           "bits/total", "time/task_s")
+SAMPLERS = ("tpe", "nsga2", "random", "grid")
+
+
+class StudyError(ValueError):
+    """A study file is malformed; the message names the field and what was expected."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One dimension of an Optuna search space."""
+
+    name: str
+    kind: str  # int | float | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def extremes(self) -> list[Any]:
+        """Values that must all make a valid config: both bounds, or every choice."""
+        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    mode: str  # max | min
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """ASHA at task boundaries: trials behind at a rung stop early (and never enter the front)."""
+
+    metric: str = "acc/avg"
+    mode: str = "max"
+    grace_tasks: int = 2
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class Resources:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Study:
+    name: str
+    question: str = ""
+    base: dict[str, Any] = field(default_factory=dict)
+    search: tuple[Param, ...] = ()
+    grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    cases: tuple[dict[str, Any], ...] = ()
+    objectives: tuple[Objective, ...] = (Objective("acc/avg", "max"),)
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    trials: int = 10  # search studies: how many configs Optuna proposes
+    concurrency: int = 2
+    seeds: tuple[int, ...] = (0,)
+    resources: Resources = Resources()
+    early_stopping: EarlyStopping | None = None
+    max_failures: int = 2  # retries of a failed trial, each from its last finished task
+    tracking_uri: str | None = None  # MLflow; None: a SQLite file beside the study's results
+
+    # ---- derived ---------------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return "search" if self.search else "grid"
+
+    def config(self, **trial: Any) -> Config:
+        """The config of one trial: base, then the trial's values."""
+        return Config.from_dict({**self.base, **trial})
+
+    def example_config(self) -> Config:
+        """A valid trial config: every searched field at its low or first value, or the first grid point."""
+        values = {p.name: p.extremes()[0] for p in self.search} if self.search else self.grid_points()[0]
+        return self.config(**{**values, "seed": self.seeds[0]})
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every trial of a grid study: cases x axes x seeds (in that order)."""
+        axes = list(self.grid.items())
+        points = []
+        for case in self.cases or ({},):
+            for values in itertools.product(*(v for _, v in axes)):
+                for seed in self.seeds:
+                    points.append({**case, **dict(zip((k for k, _ in axes), values)), "seed": seed})
+        return points
+
+    # ---- loading -----------------------------------------------------------------------------------
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Study:
+        path = Path(path)
+        if not path.exists():
+            raise StudyError(f"{path}: no such study file")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise StudyError(f"{path}: not valid YAML: {err}") from None
+        try:
+            return cls.from_dict(data)
+        except StudyError as err:
+            raise StudyError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Study:
+        if not isinstance(data, dict):
+            raise StudyError("a study must be a mapping with at least `name`")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise StudyError(f"unknown study key(s) {unknown}; known keys: {sorted(known)}")
+        if "name" not in data:
+            raise StudyError("name: required (letters, digits, '_', '-', '.')")
+        name = data["name"]
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+            raise StudyError(f"name: {name!r} must be letters, digits, '_', '-' or '.'")
+        kw: dict[str, Any] = {"name": name, "question": str(data.get("question", ""))}
+        kw["base"] = _mapping(data.get("base", {}), "base")
+        kw["search"] = tuple(_param(k, v) for k, v in _mapping(data.get("search", {}), "search").items())
+        kw["grid"] = {k: _values(v, f"grid.{k}") for k, v in _mapping(data.get("grid", {}), "grid").items()}
+        cases = data.get("cases", [])
+        if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+            raise StudyError("cases: expected a list of mappings of config fields")
+        kw["cases"] = tuple(cases)
+        kw["objectives"] = tuple(_objective(i, o) for i, o in enumerate(_list(data.get("objectives",
+                                 [{"metric": "acc/avg", "mode": "max"}]), "objectives")))
+        kw["sampler"] = _choice(data.get("sampler", "tpe"), SAMPLERS, "sampler")
+        kw["sampler_seed"] = _int(data.get("sampler_seed", 0), "sampler_seed", 0)
+        kw["trials"] = _int(data.get("trials", 10), "trials", 1)
+        kw["concurrency"] = _int(data.get("concurrency", 2), "concurrency", 1)
+        kw["max_failures"] = _int(data.get("max_failures", 2), "max_failures", 0)
+        seeds = data.get("seeds", [0])
+        kw["seeds"] = tuple(_int(s, "seeds", 0) for s in _list(seeds, "seeds"))
+        kw["resources"] = _resources(data.get("resources", {}))
+        if (es := data.get("early_stopping")) is not None:
+            kw["early_stopping"] = _early_stopping(es)
+        if (uri := data.get("tracking_uri")) is not None and not isinstance(uri, str):
+            raise StudyError(f"tracking_uri: expected a string, got {uri!r}")
+        kw["tracking_uri"] = uri
+        study = cls(**kw)
+        study._check()
+        return study
+
+    def _check(self) -> None:
+        fields = {f.name for f in dataclasses.fields(Config)}
+        for where, keys in (("base", self.base), ("search", [p.name for p in self.search]), ("grid", self.grid),
+                            *((f"cases[{i}]", c) for i, c in enumerate(self.cases))):
+            bad = sorted(set(keys) - fields)
+            if bad:
+                raise StudyError(f"{where}: unknown config key(s) {bad}; known keys: {sorted(fields)}")
+            if "seed" in keys:
+                raise StudyError(f"{where}: set seeds with the study's `seeds` list, not a `seed` field")
+        if self.search and (self.grid or self.cases):
+            raise StudyError("search and grid/cases: a study either searches (Optuna) or sweeps a grid, not both")
+        if self.search and len(self.seeds) != 1:
+            raise StudyError("seeds: a search study runs each proposed config with one seed; list one, or sweep "
+                             "seeds in a grid study")
+        if self.sampler == "grid" and self.search:
+            raise StudyError("sampler: `grid` is for grid studies; a search uses tpe, nsga2 or random")
+        overlap = sorted({p.name for p in self.search} & set(self.base))
+        if overlap:
+            raise StudyError(f"search: {overlap} also fixed in base; a field is either searched or fixed")
+        reference = {p.name: p.extremes()[0] for p in self.search}  # every searched field at its low/first value
+        if not self.search and not self.grid and not self.cases:
+            self._valid_or_raise("base", seed=self.seeds[0])
+        if self.search:
+            self._valid_or_raise("base with every searched field at its low or first value", **reference, seed=0)
+            for p in self.search:
+                for value in p.extremes():
+                    self._valid_or_raise(f"search.{p.name}: {value!r} would make an invalid config",
+                                         **{**reference, p.name: value}, seed=0)
+        for point in self.grid_points() if not self.search else []:
+            where = ", ".join(f"{k}={v}" for k, v in point.items() if k != "seed")
+            self._valid_or_raise(f"grid point ({where})", **point)
+        example = self.example_config()
+        if self.early_stopping and self.early_stopping.grace_tasks >= example.num_tasks:
+            raise StudyError(f"early_stopping.grace_tasks: {self.early_stopping.grace_tasks} must be below the "
+                             f"stream's num_tasks ({example.num_tasks})")
+
+    def _valid_or_raise(self, where: str, **values: Any) -> None:
+        try:
+            self.config(**values)
+        except ConfigError as err:
+            raise StudyError(f"{where}: {err}") from None
+
+
+# ---- field parsers (each error names its field) ------------------------------------------------------
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise StudyError(f"{where}: expected a non-empty list, got {value!r}")
+    return value
+
+
+def _values(value: Any, where: str) -> tuple[Any, ...]:
+    return tuple(_list(value, where))
+
+
+def _int(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise StudyError(f"{where}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise StudyError(f"{where}: expected a number, got {value!r}")
+    return value
+
+
+def _choice(value: Any, options: tuple[str, ...], where: str) -> str:
+    if value not in options:
+        raise StudyError(f"{where}: {value!r} is not one of {list(options)}")
+    return value
+
+
+def _param(name: str, spec: Any) -> Param:
+    where = f"search.{name}"
+    if isinstance(spec, list):  # shorthand: a list of choices
+        spec = {"choices": spec}
+    spec = _mapping(spec, where)
+    allowed = {"type", "low", "high", "log", "step", "choices"}
+    if bad := sorted(set(spec) - allowed):
+        raise StudyError(f"{where}: unknown key(s) {bad}; expected {sorted(allowed)}")
+    kind = spec.get("type", "categorical" if "choices" in spec else None)
+    kind = _choice(kind, ("int", "float", "categorical"), f"{where}.type")
+    if kind == "categorical":
+        choices = _values(spec.get("choices"), f"{where}.choices")
+        if extra := sorted(set(spec) - {"type", "choices"}):
+            raise StudyError(f"{where}: {extra} do not apply to a categorical parameter")
+        return Param(name, kind, choices=choices)
+    if "low" not in spec or "high" not in spec:
+        raise StudyError(f"{where}: {'an int' if kind == 'int' else 'a float'} parameter needs `low` and `high`")
+    low, high = _number(spec["low"], f"{where}.low"), _number(spec["high"], f"{where}.high")
+    if kind == "int" and not (float(low).is_integer() and float(high).is_integer()):
+        raise StudyError(f"{where}: an int parameter needs integer bounds, got low={low}, high={high}")
+    if low > high:
+        raise StudyError(f"{where}: low ({low}) must not exceed high ({high})")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise StudyError(f"{where}.log: expected true or false, got {log!r}")
+    if log and low <= 0:
+        raise StudyError(f"{where}: a log-scaled parameter needs low > 0, got {low}")
+    step = spec.get("step")
+    if step is not None:
+        step = _number(step, f"{where}.step")
+        if step <= 0 or log:
+            raise StudyError(f"{where}.step: must be positive and cannot be combined with log")
+    if kind == "int":
+        low, high = int(low), int(high)
+    return Param(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _objective(i: int, spec: Any) -> Objective:
+    where = f"objectives[{i}]"
+    spec = _mapping(spec, where)
+    if bad := sorted(set(spec) - {"metric", "mode"}):
+        raise StudyError(f"{where}: unknown key(s) {bad}; expected metric and mode")
+    return Objective(_choice(spec.get("metric"), METRICS, f"{where}.metric"),
+                     _choice(spec.get("mode"), ("max", "min"), f"{where}.mode"))
+
+
+def _resources(spec: Any) -> Resources:
+    spec = _mapping(spec, "resources")
+    if bad := sorted(set(spec) - {"cpu", "gpu"}):
+        raise StudyError(f"resources: unknown key(s) {bad}; expected cpu and gpu")
+    cpu = _number(spec.get("cpu", 1), "resources.cpu")
+    gpu = _number(spec.get("gpu", 0), "resources.gpu")
+    if cpu <= 0 or gpu < 0:
+        raise StudyError(f"resources: cpu must be > 0 and gpu >= 0 (fractions allowed), got cpu={cpu}, gpu={gpu}")
+    return Resources(cpu, gpu)
+
+
+def _early_stopping(spec: Any) -> EarlyStopping:
+    spec = _mapping(spec, "early_stopping")
+    if bad := sorted(set(spec) - {f.name for f in dataclasses.fields(EarlyStopping)}):
+        raise StudyError(f"early_stopping: unknown key(s) {bad}")
+    return EarlyStopping(
+        metric=_choice(spec.get("metric", "acc/avg"), METRICS, "early_stopping.metric"),
+        mode=_choice(spec.get("mode", "max"), ("max", "min"), "early_stopping.mode"),
+        grace_tasks=_int(spec.get("grace_tasks", 2), "early_stopping.grace_tasks", 1),
+        reduction_factor=_int(spec.get("reduction_factor", 2), "early_stopping.reduction_factor", 2),
+    )

@@ -1,0 +1,487 @@
+"""Run a study with Ray Tune (Optuna proposes configs for searches): the adapter at the edge.
+
+One Tune trial is one task-stream run of `impress.trainer.run`; it reports after every task with
+the per-task checkpoint attached, so a failed trial is retried from its last finished task and an
+interrupted study resumes (`impress study resume NAME`) with every trial's results unchanged.
+
+Layout of a study's folder `<storage>/<name>/`:
+
+    study.yaml      the validated study (what `resume` runs)
+    tune/           Tune's experiment: trial states, checkpoints, and the searcher state, which holds
+                    the Optuna study (so Tune's trials and Optuna's record are saved together)
+    optuna.db       the Optuna study exported to SQLite when the study ends (`optuna.load_study`)
+    results/        each finished trial's results.json (accuracy matrix, bits, provenance)
+    trials.csv      one row per trial: its values, state (complete / stopped early / failed), metrics
+    front.csv, pareto.png   the non-dominated complete trials and the plot
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from impress.config import Config
+from impress.pareto import pareto_mask
+from impress.study import Study, StudyError
+
+__all__ = ["StudyOutcome", "run_study", "resume_study", "sync_study", "study_dir", "trials_table", "front_summary"]
+
+TUNE_DIR = "tune"
+
+
+def study_dir(storage: str | Path, name: str) -> Path:
+    return Path(storage).resolve() / name
+
+
+# ---------------------------------------------------------------------------------------------
+# The trial: runs on a Ray worker
+
+
+def _trial(params: dict[str, Any], *, base: dict[str, Any], results_dir: str) -> None:
+    """One task-stream run. Reports after every task with the per-task checkpoint attached."""
+    from ray import tune
+
+    from impress.trainer import run
+
+    values = dict(params.get("point", {}))
+    values.update({k: v for k, v in params.items() if k != "point"})
+    cfg = Config.from_dict({**base, **values})
+    work = Path(tempfile.mkdtemp(prefix="impress-trial-"))
+    try:
+        if (checkpoint := tune.get_checkpoint()) is not None:
+            checkpoint.to_directory(str(work))  # continue after the last finished task
+
+        def report(metrics: dict[str, Any]) -> None:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+        result = run(cfg, report, checkpoint_dir=work)
+        trial_id = tune.get_context().get_trial_id()
+        result.write(Path(results_dir) / trial_id)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+
+
+def _searcher(study: Study):
+    """Optuna, told that a trial stopped early at a task boundary was pruned (never a complete value)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class _StoppedAwareOptunaSearch(OptunaSearch):
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if result is not None and result.get("tasks_done", 0) < result.get("num_tasks", 0):
+                result = None  # NOTE: Ray would otherwise record the partial values as COMPLETE
+            super().on_trial_complete(trial_id, result, error)
+
+    space = {}
+    for p in study.search:
+        if p.kind == "categorical":
+            space[p.name] = optuna.distributions.CategoricalDistribution(list(p.choices))
+        elif p.kind == "int":
+            space[p.name] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log,
+                                                                  step=int(p.step or 1))
+        else:
+            space[p.name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=study.sampler_seed),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=study.sampler_seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=study.sampler_seed),
+    }
+    metrics = [o.metric for o in study.objectives]
+    modes = [o.mode for o in study.objectives]
+    return _StoppedAwareOptunaSearch(space, metric=metrics if len(metrics) > 1 else metrics[0],
+                                     mode=modes if len(modes) > 1 else modes[0], sampler=samplers[study.sampler](),
+                                     study_name=study.name)
+
+
+def _trial_base(study: Study) -> dict[str, Any]:
+    """The fixed config every trial starts from: the study's base, made fit to run on a Ray worker."""
+    base = dict(study.base)
+    if base.get("data_root"):  # trials run in their own folders: resolve against the driver's
+        base["data_root"] = str(Path(base["data_root"]).expanduser().resolve())
+    if "threads" not in base:  # one trial, its CPUs: no oversubscription of the node's cores
+        base["threads"] = max(1, math.floor(study.resources.cpu))
+    return base
+
+
+def _trial_params(study: Study, trial_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """MLflow params (the trial's whole config) and naming tags from Tune's trial config."""
+    values = {k: v for k, v in trial_config.items() if k != "point"} | dict(trial_config.get("point", {}))
+    cfg = Config.from_dict({**_trial_base(study), **values})
+    # NOTE: a trial's run is named by what distinguishes it within its study, then the seed
+    varied = "~".join(f"{k}={_fmt(v)}" for k, v in values.items() if k != "seed")
+    return cfg.to_dict(), {"impress.run_name": f"{varied}~seed={cfg.seed}" if varied else f"seed={cfg.seed}",
+                           "seed": str(cfg.seed)}
+
+
+def _tracking_callback(study: Study, root: Path, tracker):
+    """Forwards trial results to MLflow from the driver. A failing store never stops the study: the
+    results stay in Tune's records and `results/`, and `impress study sync` writes them later."""
+    from ray import tune
+
+    class Tracking(tune.Callback):
+        def __init__(self) -> None:
+            self.warned = False
+
+        def __getstate__(self) -> dict:
+            # NOTE: Tune pickles its callbacks into tuner.pkl; the MLflow client is not picklable and
+            # a restored study installs fresh callbacks anyway (see `_tuner`)
+            return {"warned": self.warned}
+
+        def _safely(self, action, *args, **kwargs) -> None:
+            try:
+                action(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any store failure must not end the study
+                if not self.warned:
+                    print(f"warning: MLflow store {tracker.uri} failed ({type(err).__name__}: {err}); the study "
+                          f"goes on and keeps every result; afterwards run `impress study sync {study.name}`",
+                          file=sys.stderr, flush=True)
+                    self.warned = True
+
+        def _ensure(self, trial) -> None:
+            params, tags = _trial_params(study, trial.config)
+            tracker.trial_run(trial.trial_id, params=params, tags=tags)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self._safely(self._ensure, trial)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            def log() -> None:
+                self._ensure(trial)
+                tracker.log_task(trial.trial_id, result)
+
+            self._safely(log)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            state = "complete" if r.get("tasks_done", 0) >= r.get("num_tasks", 1) else "stopped"
+
+            def finish() -> None:
+                self._ensure(trial)
+                tracker.finish_trial(trial.trial_id, state=state, results_dir=root / "results" / trial.trial_id,
+                                     extra_tags={"tasks_done": str(r.get("tasks_done", 0))})
+
+            self._safely(finish)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            def fail() -> None:
+                self._ensure(trial)
+                tracker.finish_trial(trial.trial_id, state="failed", results_dir=None,
+                                     extra_tags={"error": str(getattr(trial, "error_msg", "") or "")[-4000:]})
+
+            self._safely(fail)
+
+    return Tracking()
+
+
+def _callbacks(study: Study) -> list:
+    from ray import tune
+
+    class Progress(tune.Callback):
+        """One line per trial start, finish and failure, and a running count with the best so far."""
+
+        def __init__(self) -> None:
+            self.started = self.finished = self.failed = 0
+            self.best: float | None = None
+            self.t0 = time.monotonic()
+
+        def _line(self, text: str) -> None:
+            elapsed = time.monotonic() - self.t0
+            print(f"[{elapsed:7.1f}s] {text}", file=sys.stderr, flush=True)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.started += 1
+            values = {k: v for k, v in trial.config.items() if k != "point"} | trial.config.get("point", {})
+            self._line(f"start  {trial.trial_id}  {_short(values)}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+            r = trial.last_result or {}
+            obj = study.objectives[0]
+            state = "complete" if r.get("tasks_done", 0) >= r.get("num_tasks", 1) else (
+                f"stopped early after {r.get('tasks_done')} tasks")
+            value = r.get(obj.metric)
+            if state == "complete" and value is not None:
+                better = self.best is None or (value > self.best if obj.mode == "max" else value < self.best)
+                self.best = value if better else self.best
+            running = sum(t.status == "RUNNING" and t is not trial for t in trials)
+            best = "n/a" if self.best is None else f"{self.best:.4g}"
+            summary = "  ".join(f"{o.metric}={_fmt(r.get(o.metric))}" for o in study.objectives)
+            self._line(f"done   {trial.trial_id}  {state}  {summary}  | {self.finished} finished, "
+                       f"{running} running, best {obj.metric} {best}")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.failed += 1
+            self._line(f"failed {trial.trial_id} (will retry up to {study.max_failures} times from its last "
+                       f"finished task)")
+
+    return [Progress()]
+
+
+def _short(values: dict[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _tuner(study: Study, root: Path, *, restore: bool, tracker=None):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    base = _trial_base(study)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=base, results_dir=str(root / "results")),
+        {"cpu": study.resources.cpu, "gpu": study.resources.gpu},
+    )
+    callbacks = _callbacks(study) + ([_tracking_callback(study, root, tracker)] if tracker is not None else [])
+    if restore:
+        tuner = tune.Tuner.restore(str(root / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
+        # NOTE: Tune restores the callbacks pickled at the first start; give it live ones (this process's
+        # terminal and MLflow client). There is no public setter for a restored Tuner's RunConfig.
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+        return tuner
+    scheduler = None
+    if (es := study.early_stopping) is not None:
+        scheduler = ASHAScheduler(time_attr="tasks_done", metric=es.metric, mode=es.mode,
+                                  max_t=study.example_config().num_tasks, grace_period=es.grace_tasks,
+                                  reduction_factor=es.reduction_factor)
+    if study.kind == "search":
+        param_space = {"seed": study.seeds[0]}
+        tune_config = tune.TuneConfig(search_alg=_searcher(study), scheduler=scheduler, num_samples=study.trials,
+                                      max_concurrent_trials=study.concurrency, reuse_actors=True)
+    else:
+        param_space = {"point": tune.grid_search(study.grid_points())}
+        tune_config = tune.TuneConfig(scheduler=scheduler, num_samples=1, max_concurrent_trials=study.concurrency,
+                                      reuse_actors=True)  # NOTE: saves a process start and torch import per trial
+    run_config = tune.RunConfig(
+        name=TUNE_DIR,
+        storage_path=str(root),
+        failure_config=tune.FailureConfig(max_failures=study.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+class StudyOutcome:
+    """What a finished (or interrupted) study produced."""
+
+    def __init__(self, root: Path, trials: pd.DataFrame, front: pd.DataFrame, complete: bool) -> None:
+        self.root, self.trials, self.front, self.complete = root, trials, front, complete
+
+
+def trials_table(study: Study, result_grid) -> pd.DataFrame:
+    """One row per trial: its values, state and final metrics."""
+    rows = []
+    for r in result_grid:
+        config = dict(r.config or {})
+        values = {**config.pop("point", {}), **config}
+        metrics = r.metrics or {}
+        done, total = metrics.get("tasks_done", 0), metrics.get("num_tasks", study.example_config().num_tasks)
+        state = "failed" if r.error is not None else ("complete" if done >= total else "stopped")
+        row = {"trial_id": metrics.get("trial_id", Path(r.path).name), "state": state, "tasks_done": done,
+               "resumed_from": metrics.get("resumed_from", 0)}
+        row.update(values)
+        row.update({k: v for k, v in metrics.items() if "/" in k and not k.startswith("acc/task_")})
+        if r.error is not None:
+            row["error"] = str(r.error).strip().splitlines()[-1][:300]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _finish(study: Study, root: Path, result_grid) -> StudyOutcome:
+    trials = trials_table(study, result_grid).sort_values("trial_id").reset_index(drop=True)
+    trials.to_csv(root / "trials.csv", index=False)
+    objectives = [o for o in study.objectives if o.metric in trials]
+    complete = trials[trials["state"] == "complete"] if len(trials) else trials
+    front = complete.iloc[0:0]
+    if len(complete) and objectives:
+        on = pareto_mask(complete[[o.metric for o in objectives]].to_numpy(dtype=float), [o.mode for o in objectives])
+        front = complete[on].sort_values(objectives[-1].metric)
+    front.to_csv(root / "front.csv", index=False)
+    if len(objectives) == 2 and len(trials):
+        from impress.plots import plot_front
+
+        x, y = sorted(objectives, key=lambda o: not o.metric.startswith("bits"))  # bits on the x axis
+        plot_front(trials, x=x.metric, y=y.metric, x_mode=x.mode, y_mode=y.mode, path=root / "pareto.png",
+                   title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
+                   group="granularity" if "granularity" in trials else None)
+    if study.kind == "search":
+        _export_optuna(result_grid, study, root)
+    finished = len(trials) and not any(r.metrics is None for r in result_grid)
+    expected = study.trials if study.kind == "search" else len(study.grid_points())
+    return StudyOutcome(root, trials, front, complete=bool(finished) and len(trials) >= expected)
+
+
+def _export_optuna(result_grid, study: Study, root: Path) -> None:
+    """Copy the searcher's Optuna study into `optuna.db` (replaced each time the study ends)."""
+    import optuna
+
+    searcher_files = sorted((root / TUNE_DIR).glob("searcher-state-*.pkl"))
+    if not searcher_files:
+        return
+    import pickle
+
+    with open(searcher_files[-1], "rb") as f:
+        state = pickle.load(f)
+    source = state.get("_ot_study") if isinstance(state, dict) else None
+    if source is None:
+        return
+    db = root / "optuna.db"
+    db.unlink(missing_ok=True)
+    target = optuna.create_study(storage=f"sqlite:///{db}", study_name=study.name,
+                                 directions=[d.name.lower() for d in source.directions])
+    for t in source.get_trials(deepcopy=False):
+        target.add_trial(t)
+
+
+def _init_ray(address: str | None) -> bool:
+    # NOTE: we keep one checkpoint per trial, so Tune snapshots its state at every task boundary
+    # (what makes resume exact); its warning about that frequency is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    import optuna
+    import ray
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             configure_logging=True)
+    return True
+
+
+def _tracker(study: Study, root: Path):
+    """The study's MLflow writer; an unreachable server fails here, before Ray starts."""
+    from impress.provenance import provenance
+    from impress.tracking import StudyTracker, default_tracking_uri
+
+    prov = provenance()
+    tags = {"git_commit": str(prov["git_commit"]), "git_dirty": str(prov["git_dirty"]), "impress.kind_of_study":
+            study.kind, "impress.folder": str(root), **{f"version.{k}": str(v) for k, v in prov["versions"].items()}}
+    return StudyTracker(default_tracking_uri(study.tracking_uri), study_name=study.name, question=study.question,
+                        tags=tags)
+
+
+def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> StudyOutcome:
+    import ray
+
+    tracker = _tracker(study, root)
+    started = _init_ray(address)
+    try:
+        tuner = _tuner(study, root, restore=restore, tracker=tracker)
+        result_grid = tuner.fit()
+        outcome = _finish(study, root, result_grid)
+    finally:
+        if started:
+            ray.shutdown()
+    try:
+        tracker.finish_study(files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")],
+                             complete=outcome.complete)
+    except Exception as err:  # noqa: BLE001 - the study's own files hold everything
+        print(f"warning: could not log the study's files to MLflow ({err}); run `impress study sync "
+              f"{study.name}` later", file=sys.stderr)
+    return outcome
+
+
+def sync_study(name: str, *, storage: str | Path = "runs/studies") -> int:
+    """Write a study's trials to MLflow from its own records (idempotent). Returns trials synced."""
+    from impress.tracking import sync_from_tune
+
+    root = study_dir(storage, name)
+    if not (root / "study.yaml").exists():
+        raise StudyError(f"no study {name!r} under {Path(storage).resolve()} (expected {root / 'study.yaml'})")
+    study = Study.from_yaml(root / "study.yaml")
+    tracker = _tracker(study, root)
+    states = {}
+    if (root / "trials.csv").exists():
+        table = pd.read_csv(root / "trials.csv")
+        states = dict(zip(table["trial_id"], table["state"]))
+    n = sync_from_tune(tracker, root / TUNE_DIR, root / "results", lambda c: _trial_params(study, c), states)
+    tracker.finish_study(files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")],
+                         complete=bool(states))
+    return n
+
+
+def run_study(study: Study, *, storage: str | Path = "runs/studies", address: str | None = None) -> StudyOutcome:
+    """Run a study from the start. Its folder must not hold an earlier run (resume that instead)."""
+    root = study_dir(storage, study.name)
+    if (root / TUNE_DIR).exists():
+        raise StudyError(f"study {study.name!r} already has results in {root}; continue it with "
+                         f"`impress study resume {study.name} --storage {Path(storage)}` or remove the folder")
+    (root / "results").mkdir(parents=True, exist_ok=True)
+    (root / "study.yaml").write_text(yaml.safe_dump(_as_yaml(study), sort_keys=False))
+    return _fit(study, root, address=address, restore=False)
+
+
+def resume_study(name: str, *, storage: str | Path = "runs/studies", address: str | None = None) -> StudyOutcome:
+    """Continue an interrupted study: finished trials stay, unfinished ones continue from their checkpoints."""
+    root = study_dir(storage, name)
+    if not (root / "study.yaml").exists():
+        raise StudyError(f"no study {name!r} under {Path(storage).resolve()} (expected {root / 'study.yaml'})")
+    study = Study.from_yaml(root / "study.yaml")
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(root / TUNE_DIR)):
+        raise StudyError(f"study {name!r} in {root} has no Tune state to resume; run it again with "
+                         f"`impress study run` after removing the folder")
+    return _fit(study, root, address=address, restore=True)
+
+
+def _as_yaml(study: Study) -> dict[str, Any]:
+    """The study as a study file (round-trips through `Study.from_dict`)."""
+    d = asdict(study)
+    d["search"] = {p["name"]: {k: v for k, v in p.items() if k != "name" and v not in (None, (), False)}
+                   | {"type": p["kind"]} for p in d["search"]}
+    for spec in d["search"].values():
+        spec.pop("kind", None)
+        if "choices" in spec:
+            spec["choices"] = list(spec["choices"])
+    d["grid"] = {k: list(v) for k, v in d["grid"].items()}
+    d["cases"] = [dict(c) for c in d["cases"]]
+    d["objectives"] = [dict(o) for o in d["objectives"]]
+    d["seeds"] = list(d["seeds"])
+    if d["early_stopping"] is None:
+        del d["early_stopping"]
+    if d["tracking_uri"] is None:
+        del d["tracking_uri"]
+    return d
+
+
+def front_summary(outcome: StudyOutcome, study: Study) -> str:
+    """The front as a table, plus mean and spread over seeds for grid studies."""
+    cols = [c for c in outcome.front.columns if c in {p.name for p in study.search} | set(study.grid)
+            | {k for c in study.cases for k in c} | {"seed"}]
+    metrics = [o.metric for o in study.objectives]
+    lines = [f"{len(outcome.trials)} trials: " + ", ".join(
+        f"{n} {s}" for s, n in outcome.trials["state"].value_counts().items())]
+    lines.append(f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)}):")
+    if len(outcome.front):
+        lines.append(outcome.front[cols + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    else:
+        lines.append("  (no complete trials)")
+    if study.kind == "grid" and len(study.seeds) > 1 and len(outcome.trials):
+        complete = outcome.trials[outcome.trials["state"] == "complete"]
+        keys = [c for c in cols if c != "seed"]
+        if keys and len(complete):
+            agg = complete.groupby(keys, dropna=False)[metrics].agg(["mean", "std", "count"])
+            lines += ["", "mean, std and n over seeds:", agg.to_string(float_format=lambda v: f"{v:.4g}")]
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from impress.study import Study, StudyError
+from impress.tuner import _as_yaml
+
+STUDIES = sorted((Path(__file__).parent.parent / "studies").glob("*.yaml"))
+
+SEARCH = {
+    "name": "s",
+    "base": {"num_tasks": 4},
+    "search": {"m": {"type": "int", "low": 2, "high": 4}, "granularity": ["global", "layer"]},
+    "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+}
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_shipped_studies_are_valid_and_round_trip(path):
+    study = Study.from_yaml(path)
+    assert study.name == path.stem
+    assert study.question
+    again = Study.from_dict(yaml.safe_load(yaml.safe_dump(_as_yaml(study), sort_keys=False)))
+    assert again == study
+
+
+def test_grid_points_are_cases_times_axes_times_seeds():
+    study = Study.from_dict({"name": "g", "cases": [{"method": "supsup"}, {"m": 2}], "grid": {"sparsity": [0.3, 0.5]},
+                             "seeds": [0, 1], "base": {"num_tasks": 4}})
+    points = study.grid_points()
+    assert len(points) == 2 * 2 * 2
+    assert points[0] == {"method": "supsup", "sparsity": 0.3, "seed": 0}
+    assert len({tuple(sorted(p.items())) for p in points}) == 8  # no duplicates
+    assert study.config(**points[-1]).m == 2
+
+
+def _error(data) -> str:
+    with pytest.raises(StudyError) as info:
+        Study.from_dict(data)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"nme": "x"}, "unknown study key(s) ['nme']"),
+        ({"name": "a b"}, "name: 'a b' must be"),
+        ({"base": {"num_taks": 3}}, "base: unknown config key(s) ['num_taks']"),
+        ({"base": {"num_tasks": 4, "sparsity": 1.5}}, "sparsity: 1.5 is outside"),
+        ({"search": {**SEARCH["search"], "sparsity": {"type": "float", "low": 0.1, "high": 1.0}}},
+         "search.sparsity: 1.0 would make an invalid config: sparsity: 1.0 is outside"),
+        ({"search": {"sparsity": {"type": "float", "low": 0.1, "high": 0.5}}},
+         "base with every searched field at its low or first value: m: heterogeneous"),
+        ({"search": {"lr": {"type": "float", "low": 0, "high": 0.1, "log": True}}}, "needs low > 0"),
+        ({"search": {"m": {"type": "int", "low": 5, "high": 2}}}, "search.m: low (5) must not exceed high (2)"),
+        ({"search": {"m": {"type": "int", "low": 1.5, "high": 4}}}, "search.m: an int parameter needs integer"),
+        ({"search": {"m": {"type": "int", "low": 2}}}, "search.m: an int parameter needs `low` and `high`"),
+        ({"search": {**SEARCH["search"], "granularity": ["global", "pixel"]}},
+         "search.granularity: 'pixel' would make"),
+        ({"search": {"m": {"type": "normal", "low": 1, "high": 2}}}, "search.m.type: 'normal' is not one of"),
+        ({"search": {"m": {"type": "int", "low": 2, "high": 4, "stepp": 1}}}, "search.m: unknown key(s) ['stepp']"),
+        ({"objectives": [{"metric": "accuracy", "mode": "max"}]}, "objectives[0].metric: 'accuracy' is not one of"),
+        ({"objectives": [{"metric": "acc/avg", "mode": "up"}]}, "objectives[0].mode: 'up'"),
+        ({"sampler": "cmaes"}, "sampler: 'cmaes' is not one of"),
+        ({"trials": 0}, "trials: expected an integer >= 1"),
+        ({"seeds": [0, 1]}, "seeds: a search study runs each proposed config with one seed"),
+        ({"grid": {"m": [2, 3]}}, "a study either searches (Optuna) or sweeps a grid"),
+        ({"base": {"num_tasks": 4, "m": 3}}, "search: ['m'] also fixed in base"),
+        ({"resources": {"gpu": -1}}, "resources: cpu must be > 0 and gpu >= 0"),
+        ({"resources": {"gpus": 1}}, "resources: unknown key(s) ['gpus']"),
+        ({"early_stopping": {"grace_tasks": 4}}, "early_stopping.grace_tasks: 4 must be below"),
+        ({"early_stopping": {"metric": "loss"}}, "early_stopping.metric: 'loss'"),
+        ({"base": {"num_tasks": 4, "seed": 1}}, "base: set seeds with the study's `seeds` list"),
+    ],
+)
+def test_malformed_studies_name_the_field(change, message):
+    assert message in _error({**SEARCH, **change})
+
+
+def test_invalid_grid_point_is_named():
+    data = {"name": "g", "base": {"num_tasks": 4}, "grid": {"m": [2, 8]}}
+    assert "grid point (m=8): m: heterogeneous impressions" in _error(data)
+
+
+def test_study_file_errors(tmp_path):
+    with pytest.raises(StudyError, match="no such study file"):
+        Study.from_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(StudyError, match="bad.yaml: not valid YAML"):
+        Study.from_yaml(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(StudyError, match="must be a mapping"):
+        Study.from_yaml(bad)

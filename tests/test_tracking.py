@@ -1,0 +1,206 @@
+"""MLflow records of studies, with a real SQLite store, a real `mlflow server` and a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from impress.study import Study
+from impress.tuner import run_study, sync_study
+
+IMPRESS = [sys.executable, "-m", "impress.cli"]
+STUDY = {
+    "name": "tracked",
+    "base": {"num_tasks": 3, "epochs": 2, "widths": [32, 32]},
+    "grid": {"m": [1, 2]},
+    "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def _runs(uri: str, name: str):
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("impress.kind") == "study"]
+    trials = [r for r in runs if r.data.tags.get("impress.kind") == "trial"]
+    return client, parents, trials
+
+
+def _check_study_records(uri: str, name: str, study: Study, num_trials: int) -> None:
+    client, parents, trials = _runs(uri, name)
+    assert len(parents) == 1 and len(trials) == num_trials
+    parent = parents[0]
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"study.yaml", "trials.csv", "front.csv"}
+    for run in trials:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["impress.state"] == "complete" and run.info.status == "FINISHED"
+        assert tags["impress.study"] == name and tags["dataset"] == "digits" and tags["stream"] == "rotated"
+        assert tags["git_commit"] and tags["version.torch"] and tags["seed"] == "0"
+        cfg = study.config(m=int(params["m"]), seed=0)
+        assert params == {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in
+                          cfg.to_dict().items()} | {"threads": "1"}
+        history = client.get_metric_history(run.info.run_id, "acc/avg")
+        assert sorted(m.step for m in history) == [0, 1, 2]  # step = task index, each once
+        assert len(client.get_metric_history(run.info.run_id, "acc/task_000")) == 3
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"results.json", "acc_matrix.csv"}
+
+
+def test_study_is_recorded_in_a_sqlite_store(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = Study.from_dict({**STUDY, "tracking_uri": uri})
+    run_study(study, storage=tmp_path / "studies")
+    _check_study_records(uri, "tracked", study, 2)
+    # syncing again from the study's own records adds nothing (no duplicate runs or steps)
+    assert sync_study("tracked", storage=tmp_path / "studies") == 2
+    _check_study_records(uri, "tracked", study, 2)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+                             f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--artifacts-destination", str(tmp_path / "server-artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health")
+        yield f"http://127.0.0.1:{port}", proc
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def test_study_is_recorded_on_a_tracking_server_and_resynced(tmp_path, mlflow_server):
+    url, _ = mlflow_server
+    study = Study.from_dict({**STUDY, "name": "served", "tracking_uri": url})
+    run_study(study, storage=tmp_path / "studies")
+    _check_study_records(url, "served", study, 2)
+    # the same study's records written again to a fresh store, from the study's files alone
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    stored = tmp_path / "studies" / "served" / "study.yaml"
+    data = yaml.safe_load(stored.read_text())
+    stored.write_text(yaml.safe_dump({**data, "tracking_uri": other}, sort_keys=False))
+    assert sync_study("served", storage=tmp_path / "studies") == 2
+    _check_study_records(other, "served", study, 2)
+
+
+def test_unreachable_tracking_server_fails_before_anything_runs(tmp_path):
+    port = _free_port()  # nothing listens there
+    study_file = tmp_path / "s.yaml"
+    study_file.write_text(yaml.safe_dump({**STUDY, "tracking_uri": f"http://127.0.0.1:{port}"}))
+    began = time.monotonic()
+    proc = subprocess.run([*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "studies")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in proc.stderr
+    assert not list((tmp_path / "studies").glob("*/results/*"))
+    assert time.monotonic() - began < 30
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1400,900"]
+
+
+async def _browse(port: int, url: str, expected: list[str], screenshot: Path) -> str:
+    """Open `url` in headless Chromium over the DevTools protocol, expand the study's parent run,
+    wait until every `expected` text shows, save a screenshot; returns the page's text."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
+            page = next(t for t in await response.json() if t["type"] == "page")
+        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            ids = iter(range(1, 10_000))
+
+            async def call(method: str, **params):
+                i = next(ids)
+                await ws.send_json({"id": i, "method": method, "params": params})
+                async for msg in ws:
+                    data = msg.json()
+                    if data.get("id") == i:
+                        return data.get("result", {})
+
+            async def text() -> str:
+                result = await call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
+                return result["result"].get("value", "")
+
+            await call("Page.navigate", url=url)
+            expander = 'button[data-component-id*="runnamecellrenderer"]'
+            deadline = time.monotonic() + 90
+            body = ""
+            while time.monotonic() < deadline:
+                body = await text()
+                if all(e in body for e in expected):
+                    break
+                await call("Runtime.evaluate", expression=f"document.querySelector('{expander}')?.click()")
+                time.sleep(1.0)
+            shot = await call("Page.captureScreenshot", format="png")
+            screenshot.write_bytes(__import__("base64").b64decode(shot["data"]))
+            return body
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_ui_lists_the_trial_runs_in_a_browser(tmp_path):
+    import asyncio
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = Study.from_dict({**STUDY, "name": "browsed", "tracking_uri": uri})
+    run_study(study, storage=tmp_path / "studies")
+    _, _, trials = _runs(uri, "browsed")
+    names = [run.info.run_name for run in trials]
+    port, devtools = _free_port(), _free_port()
+    ui = subprocess.Popen([*IMPRESS, "ui", "--store", uri, "--port", str(port), "--study", "browsed"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    browser = None
+    try:
+        printed = ui.stdout.readline() + ui.stdout.readline()
+        assert f"http://127.0.0.1:{port}/#/experiments/" in printed  # the URL it prints ...
+        url = printed.split()[-1]
+        _wait_http(f"http://127.0.0.1:{port}/health")  # ... is served on loopback
+        browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--remote-debugging-port={devtools}",
+                                    f"--user-data-dir={tmp_path / 'chrome'}", "about:blank"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        _wait_http(f"http://127.0.0.1:{devtools}/json/version")
+        shots = Path(os.environ.get("IMPRESS_SCREENSHOTS", tmp_path))
+        shots.mkdir(parents=True, exist_ok=True)
+        shot = shots / "mlflow_ui_experiment.png"
+        body = asyncio.run(_browse(devtools, url, ["browsed", *names], shot))
+        for name in names:
+            assert name in body  # every trial's run is listed on the experiment page
+        assert "browsed" in body and shot.stat().st_size > 20_000
+    finally:
+        for proc in (ui, browser):
+            if proc is not None:
+                os.killpg(proc.pid, 9)
+                proc.wait()

@@ -1,0 +1,175 @@
+"""Studies on a real local Ray with real Optuna (no mocks): each test starts and stops its own Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import yaml
+
+from impress.pareto import pareto_mask
+from impress.study import Study
+from impress.trainer import run
+from impress.tuner import run_study
+
+BASE = {"num_tasks": 3, "epochs": 2, "widths": [32, 32], "stream": "rotated"}
+SEARCH = {
+    "name": "mo",
+    "base": BASE,
+    "search": {"m": {"type": "int", "low": 1, "high": 2}, "granularity": ["global", "layer", "channel"]},
+    "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+    "sampler": "tpe",
+    "trials": 4,
+    "concurrency": 2,
+}
+IMPRESS = [sys.executable, "-m", "impress.cli"]
+
+
+def _direct(study: Study, row: pd.Series) -> list[list[float]]:
+    """The accuracy matrix of a trial's config and seed, run directly in this process."""
+    values = {k: row[k] for k in [p.name for p in study.search] + list(study.grid) if k in row}
+    values = {k: (int(v) if isinstance(v, np.integer) else v) for k, v in values.items()}
+    cfg = study.config(**values, seed=int(row["seed"]), threads=1)
+    return run(cfg).acc_matrix
+
+
+def _results(root: Path, trial_id: str) -> dict:
+    return json.loads((root / "results" / trial_id / "results.json").read_text())
+
+
+def _same_matrix(stored: list, direct: list) -> None:
+    """results.json writes NaN (above the diagonal) as null."""
+    np.testing.assert_array_equal(np.array(stored, dtype=float), np.array(direct, dtype=float))
+
+
+def test_multiobjective_search_runs_to_completion(tmp_path):
+    study = Study.from_dict(SEARCH)
+    outcome = run_study(study, storage=tmp_path)
+    trials = pd.read_csv(outcome.root / "trials.csv")
+    assert len(trials) == 4 and set(trials["state"]) == {"complete"} and outcome.complete
+    assert trials["trial_id"].is_unique
+    front = pd.read_csv(outcome.root / "front.csv")
+    on = pareto_mask(trials[["acc/avg", "bits/per_task"]].to_numpy(), ["max", "min"])
+    assert sorted(front["trial_id"]) == sorted(trials["trial_id"][on])
+    assert (outcome.root / "pareto.png").stat().st_size > 10_000
+    for _, row in trials.iterrows():  # every trial's results equal a direct run of its config and seed
+        _same_matrix(_results(outcome.root, row["trial_id"])["acc_matrix"], _direct(study, row))
+    stored = optuna.load_study(study_name="mo", storage=f"sqlite:///{outcome.root / 'optuna.db'}")
+    assert [t.state for t in stored.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert sorted(t.values[0] for t in stored.trials) == sorted(trials["acc/avg"])
+
+
+def _pids_with(text: str) -> list[int]:
+    """Processes whose command line (Ray sets trial workers' titles) contains `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill_first_trial_worker_after_a_checkpoint(root: Path, killed: list[int]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed:
+        if list((root / "tune").glob("_trial_*/checkpoint_*")):
+            for pid in _pids_with("ImplicitFunc"):
+                os.kill(pid, signal.SIGKILL)  # a real crash of the process running the trial
+                killed.append(pid)
+                return
+        time.sleep(0.05)
+
+
+def test_killed_trial_is_retried_from_its_checkpoint(tmp_path):
+    data = {"name": "retry", "base": {**BASE, "num_tasks": 6, "epochs": 3}, "grid": {"m": [2]},
+            "concurrency": 1, "max_failures": 2}
+    study = Study.from_dict(data)
+    killed: list[int] = []
+    watcher = threading.Thread(target=_kill_first_trial_worker_after_a_checkpoint, args=(tmp_path / "retry", killed))
+    watcher.start()
+    outcome = run_study(study, storage=tmp_path)
+    watcher.join()
+    assert killed, "the trial finished before it could be killed"
+    trials = pd.read_csv(outcome.root / "trials.csv")
+    assert len(trials) == 1 and trials["state"][0] == "complete"
+    assert trials["resumed_from"][0] >= 1  # continued after its last finished task, not from scratch
+    _same_matrix(_results(outcome.root, trials["trial_id"][0])["acc_matrix"], _direct(study, trials.iloc[0]))
+
+
+def _write_study(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_interrupted_study_resumes_to_the_same_results(tmp_path):
+    """Driver killed mid-study (SIGKILL), then `impress study resume`: with concurrency 1 and a seeded
+    sampler the study equals an uninterrupted one; no trial is lost or duplicated."""
+    data = {**SEARCH, "name": "resumable", "trials": 4, "concurrency": 1}
+    study_file = _write_study(tmp_path / "resumable.yaml", data)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    whole = subprocess.run([*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "whole")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    cut_root = tmp_path / "cut" / "resumable"
+    driver = subprocess.Popen([*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "cut")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list((cut_root / "results").glob("*/results.json"))) < 2:
+        assert driver.poll() is None, "the study finished before it could be interrupted"
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    assert not (cut_root / "trials.csv").exists()
+
+    resumed = subprocess.run([*IMPRESS, "study", "resume", "resumable", "--storage", str(tmp_path / "cut")],
+                             capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = pd.read_csv(tmp_path / "whole" / "resumable" / "trials.csv")
+    b = pd.read_csv(cut_root / "trials.csv")
+    assert len(b) == 4 and b["trial_id"].is_unique and set(b["state"]) == {"complete"}
+    cols = ["m", "granularity", "acc/avg", "bits/per_task"]
+    key = ["m", "granularity", "acc/avg"]
+    pd.testing.assert_frame_equal(a[cols].sort_values(key).reset_index(drop=True),
+                                  b[cols].sort_values(key).reset_index(drop=True))
+
+
+def test_stopped_trials_are_pruned_in_optuna_and_kept_off_the_front(tmp_path):
+    data = {**SEARCH, "name": "asha", "base": {**BASE, "num_tasks": 4}, "trials": 6, "concurrency": 1,
+            "sampler": "random", "early_stopping": {"metric": "acc/avg", "grace_tasks": 1, "reduction_factor": 2}}
+    study = Study.from_dict(data)
+    outcome = run_study(study, storage=tmp_path)
+    trials = pd.read_csv(outcome.root / "trials.csv")
+    stopped = trials[trials["state"] == "stopped"]
+    assert len(stopped) >= 1, "ASHA stopped no trial: the test would prove nothing"
+    assert (stopped["tasks_done"] < 4).all()
+    front = pd.read_csv(outcome.root / "front.csv")
+    assert not set(front["trial_id"]) & set(stopped["trial_id"])
+    stored = optuna.load_study(study_name="asha", storage=f"sqlite:///{outcome.root / 'optuna.db'}")
+    states = [t.state for t in stored.trials]
+    assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
+    assert states.count(optuna.trial.TrialState.COMPLETE) == (trials["state"] == "complete").sum()
+
+
+def test_malformed_study_fails_before_ray_starts(tmp_path):
+    search = {**SEARCH["search"], "sparsity": {"type": "float", "low": 0.5, "high": 1.0}}
+    bad = _write_study(tmp_path / "bad.yaml", {**SEARCH, "search": search})
+    began = time.monotonic()
+    proc = subprocess.run([*IMPRESS, "study", "run", str(bad), "--storage", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "search.sparsity: 1.0 would make an invalid config" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    assert time.monotonic() - began < 30  # no Ray start (5-7 s) and no trial ran
