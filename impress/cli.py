@@ -134,8 +134,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
         existing = study_dir(args.storage, study.name) / "study.yaml"
         if args.resume and existing.exists():
             if Study.from_yaml(existing) != study:
-                raise StudyError(f"{args.target} differs from the study of that name in {existing.parent}; "
-                                 f"rename the study or remove the folder")
+                raise StudyError(
+                    f"{args.target} differs from the study of that name in {existing.parent}; "
+                    f"rename the study or remove the folder"
+                )
             outcome = resume_study(study.name, storage=args.storage, address=args.address)
         else:
             outcome = run_study(study, storage=args.storage, address=args.address)
@@ -143,11 +145,15 @@ def _cmd_study(args: argparse.Namespace) -> int:
         outcome = resume_study(args.target, storage=args.storage, address=args.address)
         study = Study.from_yaml(outcome.root / "study.yaml")
     print(front_summary(outcome, study))
-    print(f"\nwrote {outcome.root / 'trials.csv'}, {outcome.root / 'front.csv'}"
-          + (f", {outcome.root / 'pareto.png'}" if (outcome.root / "pareto.png").exists() else ""))
+    print(
+        f"\nwrote {outcome.root / 'trials.csv'}, {outcome.root / 'front.csv'}"
+        + (f", {outcome.root / 'pareto.png'}" if (outcome.root / "pareto.png").exists() else "")
+    )
     if not outcome.complete:
-        print(f"\nthe study did not finish; continue it with: impress study resume {study.name} "
-              f"--storage {args.storage}", file=sys.stderr)
+        print(
+            f"\nthe study did not finish; continue it with: impress study resume {study.name} --storage {args.storage}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -168,8 +174,20 @@ def _cmd_ui(args: argparse.Namespace) -> int:
             raise TrackingError(f"no study {args.study!r} in {uri}")
         url += f"#/experiments/{experiment.experiment_id}/runs"
     print(f"MLflow UI for {uri}\n  {url}\n(Ctrl-C stops it)", flush=True)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
-               "--port", str(args.port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
     os.execv(sys.executable, command)  # the server replaces this process; signals reach it directly
     return 0  # pragma: no cover
 
@@ -189,18 +207,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue the run in the folder from its checkpoint")
     p.set_defaults(func=_cmd_run)
     s = sub.add_parser("study", help="run or resume a study with Ray Tune (Optuna searches, grids)")
-    s.add_argument("action", choices=["run", "resume", "sync"],
-                   help="run a study file; resume a study by name; sync a study's trials to MLflow")
+    s.add_argument(
+        "action",
+        choices=["run", "resume", "sync"],
+        help="run a study file; resume a study by name; sync a study's trials to MLflow",
+    )
     s.add_argument("target", help="study file (run) or study name (resume, sync)")
     s.add_argument("--storage", default="runs/studies", help="parent folder of study folders (default: runs/studies)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     s.add_argument("--trials", type=int, default=None, help="override the study's trial count (searches)")
-    s.add_argument("--resume", action="store_true",
-                   help="run: if the study already has results, continue it instead (the file must be unchanged)")
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="run: if the study already has results, continue it instead (the file must be unchanged)",
+    )
     s.set_defaults(func=_cmd_study)
     u = sub.add_parser("ui", help="start the MLflow UI over the studies' tracking store (127.0.0.1)")
-    u.add_argument("--store", default=None,
-                   help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)")
+    u.add_argument(
+        "--store", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
+    )
     u.add_argument("--study", default=None, help="print the URL of this study's experiment")
     u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000)

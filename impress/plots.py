@@ -10,8 +10,17 @@ import pandas as pd
 __all__ = ["plot_front"]
 
 
-def plot_front(trials: pd.DataFrame, *, x: str, y: str, x_mode: str, y_mode: str, title: str,
-               path: str | Path, group: str | None = None) -> Path:
+def plot_front(
+    trials: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    x_mode: str,
+    y_mode: str,
+    title: str,
+    path: str | Path,
+    group: str | None = None,
+) -> Path:
     """Scatter every trial (stopped or failed ones hollow), the non-dominated front of the complete
     ones highlighted and joined; log-scale x when it spans more than a decade. Writes a PNG."""
     import matplotlib

@@ -23,8 +23,16 @@ from impress.config import Config, ConfigError
 __all__ = ["Study", "Param", "Objective", "EarlyStopping", "Resources", "StudyError", "METRICS", "SAMPLERS"]
 
 # Metrics a trial reports at every task boundary that a study may optimise or stop on.
-METRICS = ("acc/avg", "acc/avg_coeff_tasks", "acc/just_trained", "forgetting", "bwt", "bits/per_task",
-           "bits/total", "time/task_s")
+METRICS = (
+    "acc/avg",
+    "acc/avg_coeff_tasks",
+    "acc/just_trained",
+    "forgetting",
+    "bwt",
+    "bits/per_task",
+    "bits/total",
+    "time/task_s",
+)
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 
 
@@ -150,8 +158,10 @@ class Study:
         if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
             raise StudyError("cases: expected a list of mappings of config fields")
         kw["cases"] = tuple(cases)
-        kw["objectives"] = tuple(_objective(i, o) for i, o in enumerate(_list(data.get("objectives",
-                                 [{"metric": "acc/avg", "mode": "max"}]), "objectives")))
+        kw["objectives"] = tuple(
+            _objective(i, o)
+            for i, o in enumerate(_list(data.get("objectives", [{"metric": "acc/avg", "mode": "max"}]), "objectives"))
+        )
         kw["sampler"] = _choice(data.get("sampler", "tpe"), SAMPLERS, "sampler")
         kw["sampler_seed"] = _int(data.get("sampler_seed", 0), "sampler_seed", 0)
         kw["trials"] = _int(data.get("trials", 10), "trials", 1)
@@ -171,8 +181,12 @@ class Study:
 
     def _check(self) -> None:
         fields = {f.name for f in dataclasses.fields(Config)}
-        for where, keys in (("base", self.base), ("search", [p.name for p in self.search]), ("grid", self.grid),
-                            *((f"cases[{i}]", c) for i, c in enumerate(self.cases))):
+        for where, keys in (
+            ("base", self.base),
+            ("search", [p.name for p in self.search]),
+            ("grid", self.grid),
+            *((f"cases[{i}]", c) for i, c in enumerate(self.cases)),
+        ):
             bad = sorted(set(keys) - fields)
             if bad:
                 raise StudyError(f"{where}: unknown config key(s) {bad}; known keys: {sorted(fields)}")
@@ -181,8 +195,10 @@ class Study:
         if self.search and (self.grid or self.cases):
             raise StudyError("search and grid/cases: a study either searches (Optuna) or sweeps a grid, not both")
         if self.search and len(self.seeds) != 1:
-            raise StudyError("seeds: a search study runs each proposed config with one seed; list one, or sweep "
-                             "seeds in a grid study")
+            raise StudyError(
+                "seeds: a search study runs each proposed config with one seed; list one, or sweep "
+                "seeds in a grid study"
+            )
         if self.sampler == "grid" and self.search:
             raise StudyError("sampler: `grid` is for grid studies; a search uses tpe, nsga2 or random")
         overlap = sorted({p.name for p in self.search} & set(self.base))
@@ -195,15 +211,20 @@ class Study:
             self._valid_or_raise("base with every searched field at its low or first value", **reference, seed=0)
             for p in self.search:
                 for value in p.extremes():
-                    self._valid_or_raise(f"search.{p.name}: {value!r} would make an invalid config",
-                                         **{**reference, p.name: value}, seed=0)
+                    self._valid_or_raise(
+                        f"search.{p.name}: {value!r} would make an invalid config",
+                        **{**reference, p.name: value},
+                        seed=0,
+                    )
         for point in self.grid_points() if not self.search else []:
             where = ", ".join(f"{k}={v}" for k, v in point.items() if k != "seed")
             self._valid_or_raise(f"grid point ({where})", **point)
         example = self.example_config()
         if self.early_stopping and self.early_stopping.grace_tasks >= example.num_tasks:
-            raise StudyError(f"early_stopping.grace_tasks: {self.early_stopping.grace_tasks} must be below the "
-                             f"stream's num_tasks ({example.num_tasks})")
+            raise StudyError(
+                f"early_stopping.grace_tasks: {self.early_stopping.grace_tasks} must be below the "
+                f"stream's num_tasks ({example.num_tasks})"
+            )
 
     def _valid_or_raise(self, where: str, **values: Any) -> None:
         try:
@@ -293,8 +314,10 @@ def _objective(i: int, spec: Any) -> Objective:
     spec = _mapping(spec, where)
     if bad := sorted(set(spec) - {"metric", "mode"}):
         raise StudyError(f"{where}: unknown key(s) {bad}; expected metric and mode")
-    return Objective(_choice(spec.get("metric"), METRICS, f"{where}.metric"),
-                     _choice(spec.get("mode"), ("max", "min"), f"{where}.mode"))
+    return Objective(
+        _choice(spec.get("metric"), METRICS, f"{where}.metric"),
+        _choice(spec.get("mode"), ("max", "min"), f"{where}.mode"),
+    )
 
 
 def _resources(spec: Any) -> Resources:

@@ -41,16 +41,20 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme not in ("http", "https"):
         if parsed.scheme == "" or parsed.scheme == "file":
-            raise TrackingError(f"tracking store {uri!r}: MLflow 3 needs a database (sqlite:///ABSOLUTE/PATH.db) "
-                                f"or a tracking server URL, not a folder")
+            raise TrackingError(
+                f"tracking store {uri!r}: MLflow 3 needs a database (sqlite:///ABSOLUTE/PATH.db) "
+                f"or a tracking server URL, not a folder"
+            )
         return
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
         with socket.create_connection((parsed.hostname, port), timeout=timeout):
             pass
     except OSError as err:
-        raise TrackingError(f"MLflow tracking server {uri} is unreachable ({err}); start it, or point the study's "
-                            f"`tracking_uri` / MLFLOW_TRACKING_URI elsewhere. Nothing has run yet.") from None
+        raise TrackingError(
+            f"MLflow tracking server {uri} is unreachable ({err}); start it, or point the study's "
+            f"`tracking_uri` / MLFLOW_TRACKING_URI elsewhere. Nothing has run yet."
+        ) from None
 
 
 def _client(uri: str):
@@ -81,9 +85,11 @@ class StudyTracker:
                     location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / study_name).as_uri()
                 # NOTE: the experiment kind makes the MLflow UI open on the runs table (its default for
                 # an untyped experiment is the GenAI traces overview)
-                exp_id = self.client.create_experiment(study_name, artifact_location=location,
-                                                       tags={"impress.question": question[:5000],
-                                                             "mlflow.experimentKind": "custom_model_development"})
+                exp_id = self.client.create_experiment(
+                    study_name,
+                    artifact_location=location,
+                    tags={"impress.question": question[:5000], "mlflow.experimentKind": "custom_model_development"},
+                )
             else:
                 exp_id = experiment.experiment_id
         except Exception as err:
@@ -92,8 +98,9 @@ class StudyTracker:
         self.study_name = study_name
         parent = self._find(f"tags.`{KIND_TAG}` = 'study'")
         if parent is None:
-            parent = self.client.create_run(exp_id, run_name=study_name,
-                                            tags={KIND_TAG: "study", "impress.study": study_name, **(tags or {})})
+            parent = self.client.create_run(
+                exp_id, run_name=study_name, tags={KIND_TAG: "study", "impress.study": study_name, **(tags or {})}
+            )
         self.parent_id = parent.info.run_id
         self._runs: dict[str, str] = {}
         self._last_step: dict[str, int] = {}
@@ -108,14 +115,23 @@ class StudyTracker:
             return self._runs[trial_id]
         run = self._find(f"tags.`{TRIAL_TAG}` = '{trial_id}'")
         if run is None:
-            run = self.client.create_run(self.experiment_id, run_name=tags.get("impress.run_name", trial_id),
-                                         tags={KIND_TAG: "trial", TRIAL_TAG: trial_id,
-                                               "mlflow.parentRunId": self.parent_id, "impress.study": self.study_name,
-                                               "impress.state": "running", **tags})
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=tags.get("impress.run_name", trial_id),
+                tags={
+                    KIND_TAG: "trial",
+                    TRIAL_TAG: trial_id,
+                    "mlflow.parentRunId": self.parent_id,
+                    "impress.study": self.study_name,
+                    "impress.state": "running",
+                    **tags,
+                },
+            )
             from mlflow.entities import Param
 
-            self.client.log_batch(run.info.run_id, params=[Param(k, _param_value(v)[:6000])
-                                                           for k, v in sorted(params.items())])
+            self.client.log_batch(
+                run.info.run_id, params=[Param(k, _param_value(v)[:6000]) for k, v in sorted(params.items())]
+            )
             self._last_step[trial_id] = -1
         else:
             history = self.client.get_metric_history(run.info.run_id, "acc/avg")
@@ -132,8 +148,11 @@ class StudyTracker:
 
         run_id = self._runs[trial_id]
         ts = int(1000 * float(metrics.get("timestamp", 0))) or None
-        batch = [Metric(k, float(v), ts or 0, step) for k, v in metrics.items()
-                 if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+        batch = [
+            Metric(k, float(v), ts or 0, step)
+            for k, v in metrics.items()
+            if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ]
         self.client.log_batch(run_id, metrics=batch)
         self._last_step[trial_id] = step
 
@@ -143,11 +162,17 @@ class StudyTracker:
         if results_dir is not None and (results_dir / "results.json").exists():
             results = json.loads((results_dir / "results.json").read_text())
             prov = results.get("provenance", {})
-            tags = {"git_commit": str(prov.get("git_commit")), "git_dirty": str(prov.get("git_dirty")),
-                    "seed": str(results["config"]["seed"]), "device": str(prov.get("device")),
-                    "dataset": results["stream"]["source"], "stream": results["stream"]["stream"],
-                    "stream.tasks": str(results["stream"]["tasks"]), "stream.seed": str(results["stream"]["seed"]),
-                    **{f"version.{k}": str(v) for k, v in prov.get("versions", {}).items()}}
+            tags = {
+                "git_commit": str(prov.get("git_commit")),
+                "git_dirty": str(prov.get("git_dirty")),
+                "seed": str(results["config"]["seed"]),
+                "device": str(prov.get("device")),
+                "dataset": results["stream"]["source"],
+                "stream": results["stream"]["stream"],
+                "stream.tasks": str(results["stream"]["tasks"]),
+                "stream.seed": str(results["stream"]["seed"]),
+                **{f"version.{k}": str(v) for k, v in prov.get("versions", {}).items()},
+            }
             for k, v in tags.items():
                 self.client.set_tag(run_id, k, v)
             for name in ("results.json", "acc_matrix.csv"):
@@ -166,8 +191,7 @@ class StudyTracker:
             self.client.set_terminated(self.parent_id, status="FINISHED")
 
 
-def sync_from_tune(tracker: StudyTracker, tune_dir: Path, results_dir: Path, params_of,
-                   states: dict[str, str]) -> int:
+def sync_from_tune(tracker: StudyTracker, tune_dir: Path, results_dir: Path, params_of, states: dict[str, str]) -> int:
     """Log every trial Tune recorded under `tune_dir` (its per-report `result.json` lines), skipping
     what MLflow already has. `params_of(trial_config) -> (params, tags)`; `states` (trial id ->
     complete / stopped / failed, from trials.csv) ends the runs of finished trials. Returns trials synced."""

@@ -91,8 +91,9 @@ def _searcher(study: Study):
         if p.kind == "categorical":
             space[p.name] = optuna.distributions.CategoricalDistribution(list(p.choices))
         elif p.kind == "int":
-            space[p.name] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log,
-                                                                  step=int(p.step or 1))
+            space[p.name] = optuna.distributions.IntDistribution(
+                int(p.low), int(p.high), log=p.log, step=int(p.step or 1)
+            )
         else:
             space[p.name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
     samplers = {
@@ -102,9 +103,13 @@ def _searcher(study: Study):
     }
     metrics = [o.metric for o in study.objectives]
     modes = [o.mode for o in study.objectives]
-    return _StoppedAwareOptunaSearch(space, metric=metrics if len(metrics) > 1 else metrics[0],
-                                     mode=modes if len(modes) > 1 else modes[0], sampler=samplers[study.sampler](),
-                                     study_name=study.name)
+    return _StoppedAwareOptunaSearch(
+        space,
+        metric=metrics if len(metrics) > 1 else metrics[0],
+        mode=modes if len(modes) > 1 else modes[0],
+        sampler=samplers[study.sampler](),
+        study_name=study.name,
+    )
 
 
 def _trial_base(study: Study) -> dict[str, Any]:
@@ -123,8 +128,10 @@ def _trial_params(study: Study, trial_config: dict[str, Any]) -> tuple[dict[str,
     cfg = Config.from_dict({**_trial_base(study), **values})
     # NOTE: a trial's run is named by what distinguishes it within its study, then the seed
     varied = "~".join(f"{k}={_fmt(v)}" for k, v in values.items() if k != "seed")
-    return cfg.to_dict(), {"impress.run_name": f"{varied}~seed={cfg.seed}" if varied else f"seed={cfg.seed}",
-                           "seed": str(cfg.seed)}
+    return cfg.to_dict(), {
+        "impress.run_name": f"{varied}~seed={cfg.seed}" if varied else f"seed={cfg.seed}",
+        "seed": str(cfg.seed),
+    }
 
 
 def _tracking_callback(study: Study, root: Path, tracker):
@@ -146,9 +153,12 @@ def _tracking_callback(study: Study, root: Path, tracker):
                 action(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - any store failure must not end the study
                 if not self.warned:
-                    print(f"warning: MLflow store {tracker.uri} failed ({type(err).__name__}: {err}); the study "
-                          f"goes on and keeps every result; afterwards run `impress study sync {study.name}`",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"warning: MLflow store {tracker.uri} failed ({type(err).__name__}: {err}); the study "
+                        f"goes on and keeps every result; afterwards run `impress study sync {study.name}`",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     self.warned = True
 
         def _ensure(self, trial) -> None:
@@ -171,16 +181,24 @@ def _tracking_callback(study: Study, root: Path, tracker):
 
             def finish() -> None:
                 self._ensure(trial)
-                tracker.finish_trial(trial.trial_id, state=state, results_dir=root / "results" / trial.trial_id,
-                                     extra_tags={"tasks_done": str(r.get("tasks_done", 0))})
+                tracker.finish_trial(
+                    trial.trial_id,
+                    state=state,
+                    results_dir=root / "results" / trial.trial_id,
+                    extra_tags={"tasks_done": str(r.get("tasks_done", 0))},
+                )
 
             self._safely(finish)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             def fail() -> None:
                 self._ensure(trial)
-                tracker.finish_trial(trial.trial_id, state="failed", results_dir=None,
-                                     extra_tags={"error": str(getattr(trial, "error_msg", "") or "")[-4000:]})
+                tracker.finish_trial(
+                    trial.trial_id,
+                    state="failed",
+                    results_dir=None,
+                    extra_tags={"error": str(getattr(trial, "error_msg", "") or "")[-4000:]},
+                )
 
             self._safely(fail)
 
@@ -211,8 +229,11 @@ def _callbacks(study: Study) -> list:
             self.finished += 1
             r = trial.last_result or {}
             obj = study.objectives[0]
-            state = "complete" if r.get("tasks_done", 0) >= r.get("num_tasks", 1) else (
-                f"stopped early after {r.get('tasks_done')} tasks")
+            state = (
+                "complete"
+                if r.get("tasks_done", 0) >= r.get("num_tasks", 1)
+                else (f"stopped early after {r.get('tasks_done')} tasks")
+            )
             value = r.get(obj.metric)
             if state == "complete" and value is not None:
                 better = self.best is None or (value > self.best if obj.mode == "max" else value < self.best)
@@ -220,13 +241,16 @@ def _callbacks(study: Study) -> list:
             running = sum(t.status == "RUNNING" and t is not trial for t in trials)
             best = "n/a" if self.best is None else f"{self.best:.4g}"
             summary = "  ".join(f"{o.metric}={_fmt(r.get(o.metric))}" for o in study.objectives)
-            self._line(f"done   {trial.trial_id}  {state}  {summary}  | {self.finished} finished, "
-                       f"{running} running, best {obj.metric} {best}")
+            self._line(
+                f"done   {trial.trial_id}  {state}  {summary}  | {self.finished} finished, "
+                f"{running} running, best {obj.metric} {best}"
+            )
 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.failed += 1
-            self._line(f"failed {trial.trial_id} (will retry up to {study.max_failures} times from its last "
-                       f"finished task)")
+            self._line(
+                f"failed {trial.trial_id} (will retry up to {study.max_failures} times from its last finished task)"
+            )
 
     return [Progress()]
 
@@ -259,17 +283,28 @@ def _tuner(study: Study, root: Path, *, restore: bool, tracker=None):
         return tuner
     scheduler = None
     if (es := study.early_stopping) is not None:
-        scheduler = ASHAScheduler(time_attr="tasks_done", metric=es.metric, mode=es.mode,
-                                  max_t=study.example_config().num_tasks, grace_period=es.grace_tasks,
-                                  reduction_factor=es.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="tasks_done",
+            metric=es.metric,
+            mode=es.mode,
+            max_t=study.example_config().num_tasks,
+            grace_period=es.grace_tasks,
+            reduction_factor=es.reduction_factor,
+        )
     if study.kind == "search":
         param_space = {"seed": study.seeds[0]}
-        tune_config = tune.TuneConfig(search_alg=_searcher(study), scheduler=scheduler, num_samples=study.trials,
-                                      max_concurrent_trials=study.concurrency, reuse_actors=True)
+        tune_config = tune.TuneConfig(
+            search_alg=_searcher(study),
+            scheduler=scheduler,
+            num_samples=study.trials,
+            max_concurrent_trials=study.concurrency,
+            reuse_actors=True,
+        )
     else:
         param_space = {"point": tune.grid_search(study.grid_points())}
-        tune_config = tune.TuneConfig(scheduler=scheduler, num_samples=1, max_concurrent_trials=study.concurrency,
-                                      reuse_actors=True)  # NOTE: saves a process start and torch import per trial
+        tune_config = tune.TuneConfig(
+            scheduler=scheduler, num_samples=1, max_concurrent_trials=study.concurrency, reuse_actors=True
+        )  # NOTE: saves a process start and torch import per trial
     run_config = tune.RunConfig(
         name=TUNE_DIR,
         storage_path=str(root),
@@ -297,8 +332,12 @@ def trials_table(study: Study, result_grid) -> pd.DataFrame:
         metrics = r.metrics or {}
         done, total = metrics.get("tasks_done", 0), metrics.get("num_tasks", study.example_config().num_tasks)
         state = "failed" if r.error is not None else ("complete" if done >= total else "stopped")
-        row = {"trial_id": metrics.get("trial_id", Path(r.path).name), "state": state, "tasks_done": done,
-               "resumed_from": metrics.get("resumed_from", 0)}
+        row = {
+            "trial_id": metrics.get("trial_id", Path(r.path).name),
+            "state": state,
+            "tasks_done": done,
+            "resumed_from": metrics.get("resumed_from", 0),
+        }
         row.update(values)
         row.update({k: v for k, v in metrics.items() if "/" in k and not k.startswith("acc/task_")})
         if r.error is not None:
@@ -321,9 +360,16 @@ def _finish(study: Study, root: Path, result_grid) -> StudyOutcome:
         from impress.plots import plot_front
 
         x, y = sorted(objectives, key=lambda o: not o.metric.startswith("bits"))  # bits on the x axis
-        plot_front(trials, x=x.metric, y=y.metric, x_mode=x.mode, y_mode=y.mode, path=root / "pareto.png",
-                   title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
-                   group="granularity" if "granularity" in trials else None)
+        plot_front(
+            trials,
+            x=x.metric,
+            y=y.metric,
+            x_mode=x.mode,
+            y_mode=y.mode,
+            path=root / "pareto.png",
+            title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
+            group="granularity" if "granularity" in trials else None,
+        )
     if study.kind == "search":
         _export_optuna(result_grid, study, root)
     finished = len(trials) and not any(r.metrics is None for r in result_grid)
@@ -347,8 +393,9 @@ def _export_optuna(result_grid, study: Study, root: Path) -> None:
         return
     db = root / "optuna.db"
     db.unlink(missing_ok=True)
-    target = optuna.create_study(storage=f"sqlite:///{db}", study_name=study.name,
-                                 directions=[d.name.lower() for d in source.directions])
+    target = optuna.create_study(
+        storage=f"sqlite:///{db}", study_name=study.name, directions=[d.name.lower() for d in source.directions]
+    )
     for t in source.get_trials(deepcopy=False):
         target.add_trial(t)
 
@@ -364,8 +411,9 @@ def _init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-             configure_logging=True)
+    ray.init(
+        address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING", configure_logging=True
+    )
     return True
 
 
@@ -375,10 +423,16 @@ def _tracker(study: Study, root: Path):
     from impress.tracking import StudyTracker, default_tracking_uri
 
     prov = provenance()
-    tags = {"git_commit": str(prov["git_commit"]), "git_dirty": str(prov["git_dirty"]), "impress.kind_of_study":
-            study.kind, "impress.folder": str(root), **{f"version.{k}": str(v) for k, v in prov["versions"].items()}}
-    return StudyTracker(default_tracking_uri(study.tracking_uri), study_name=study.name, question=study.question,
-                        tags=tags)
+    tags = {
+        "git_commit": str(prov["git_commit"]),
+        "git_dirty": str(prov["git_dirty"]),
+        "impress.kind_of_study": study.kind,
+        "impress.folder": str(root),
+        **{f"version.{k}": str(v) for k, v in prov["versions"].items()},
+    }
+    return StudyTracker(
+        default_tracking_uri(study.tracking_uri), study_name=study.name, question=study.question, tags=tags
+    )
 
 
 def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> StudyOutcome:
@@ -394,11 +448,14 @@ def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> Stu
         if started:
             ray.shutdown()
     try:
-        tracker.finish_study(files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")],
-                             complete=outcome.complete)
+        tracker.finish_study(
+            files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")], complete=outcome.complete
+        )
     except Exception as err:  # noqa: BLE001 - the study's own files hold everything
-        print(f"warning: could not log the study's files to MLflow ({err}); run `impress study sync "
-              f"{study.name}` later", file=sys.stderr)
+        print(
+            f"warning: could not log the study's files to MLflow ({err}); run `impress study sync {study.name}` later",
+            file=sys.stderr,
+        )
     return outcome
 
 
@@ -416,8 +473,9 @@ def sync_study(name: str, *, storage: str | Path = "runs/studies") -> int:
         table = pd.read_csv(root / "trials.csv")
         states = dict(zip(table["trial_id"], table["state"]))
     n = sync_from_tune(tracker, root / TUNE_DIR, root / "results", lambda c: _trial_params(study, c), states)
-    tracker.finish_study(files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")],
-                         complete=bool(states))
+    tracker.finish_study(
+        files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")], complete=bool(states)
+    )
     return n
 
 
@@ -425,8 +483,10 @@ def run_study(study: Study, *, storage: str | Path = "runs/studies", address: st
     """Run a study from the start. Its folder must not hold an earlier run (resume that instead)."""
     root = study_dir(storage, study.name)
     if (root / TUNE_DIR).exists():
-        raise StudyError(f"study {study.name!r} already has results in {root}; continue it with "
-                         f"`impress study resume {study.name} --storage {Path(storage)}` or remove the folder")
+        raise StudyError(
+            f"study {study.name!r} already has results in {root}; continue it with "
+            f"`impress study resume {study.name} --storage {Path(storage)}` or remove the folder"
+        )
     (root / "results").mkdir(parents=True, exist_ok=True)
     (root / "study.yaml").write_text(yaml.safe_dump(_as_yaml(study), sort_keys=False))
     return _fit(study, root, address=address, restore=False)
@@ -441,16 +501,20 @@ def resume_study(name: str, *, storage: str | Path = "runs/studies", address: st
     from ray import tune
 
     if not tune.Tuner.can_restore(str(root / TUNE_DIR)):
-        raise StudyError(f"study {name!r} in {root} has no Tune state to resume; run it again with "
-                         f"`impress study run` after removing the folder")
+        raise StudyError(
+            f"study {name!r} in {root} has no Tune state to resume; run it again with "
+            f"`impress study run` after removing the folder"
+        )
     return _fit(study, root, address=address, restore=True)
 
 
 def _as_yaml(study: Study) -> dict[str, Any]:
     """The study as a study file (round-trips through `Study.from_dict`)."""
     d = asdict(study)
-    d["search"] = {p["name"]: {k: v for k, v in p.items() if k != "name" and v not in (None, (), False)}
-                   | {"type": p["kind"]} for p in d["search"]}
+    d["search"] = {
+        p["name"]: {k: v for k, v in p.items() if k != "name" and v not in (None, (), False)} | {"type": p["kind"]}
+        for p in d["search"]
+    }
     for spec in d["search"].values():
         spec.pop("kind", None)
         if "choices" in spec:
@@ -468,11 +532,16 @@ def _as_yaml(study: Study) -> dict[str, Any]:
 
 def front_summary(outcome: StudyOutcome, study: Study) -> str:
     """The front as a table, plus mean and spread over seeds for grid studies."""
-    cols = [c for c in outcome.front.columns if c in {p.name for p in study.search} | set(study.grid)
-            | {k for c in study.cases for k in c} | {"seed"}]
+    cols = [
+        c
+        for c in outcome.front.columns
+        if c in {p.name for p in study.search} | set(study.grid) | {k for c in study.cases for k in c} | {"seed"}
+    ]
     metrics = [o.metric for o in study.objectives]
-    lines = [f"{len(outcome.trials)} trials: " + ", ".join(
-        f"{n} {s}" for s, n in outcome.trials["state"].value_counts().items())]
+    lines = [
+        f"{len(outcome.trials)} trials: "
+        + ", ".join(f"{n} {s}" for s, n in outcome.trials["state"].value_counts().items())
+    ]
     lines.append(f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)}):")
     if len(outcome.front):
         lines.append(outcome.front[cols + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -28,8 +28,15 @@ def test_shipped_studies_are_valid_and_round_trip(path):
 
 
 def test_grid_points_are_cases_times_axes_times_seeds():
-    study = Study.from_dict({"name": "g", "cases": [{"method": "supsup"}, {"m": 2}], "grid": {"sparsity": [0.3, 0.5]},
-                             "seeds": [0, 1], "base": {"num_tasks": 4}})
+    study = Study.from_dict(
+        {
+            "name": "g",
+            "cases": [{"method": "supsup"}, {"m": 2}],
+            "grid": {"sparsity": [0.3, 0.5]},
+            "seeds": [0, 1],
+            "base": {"num_tasks": 4},
+        }
+    )
     points = study.grid_points()
     assert len(points) == 2 * 2 * 2
     assert points[0] == {"method": "supsup", "sparsity": 0.3, "seed": 0}
@@ -50,16 +57,22 @@ def _error(data) -> str:
         ({"name": "a b"}, "name: 'a b' must be"),
         ({"base": {"num_taks": 3}}, "base: unknown config key(s) ['num_taks']"),
         ({"base": {"num_tasks": 4, "sparsity": 1.5}}, "sparsity: 1.5 is outside"),
-        ({"search": {**SEARCH["search"], "sparsity": {"type": "float", "low": 0.1, "high": 1.0}}},
-         "search.sparsity: 1.0 would make an invalid config: sparsity: 1.0 is outside"),
-        ({"search": {"sparsity": {"type": "float", "low": 0.1, "high": 0.5}}},
-         "base with every searched field at its low or first value: m: heterogeneous"),
+        (
+            {"search": {**SEARCH["search"], "sparsity": {"type": "float", "low": 0.1, "high": 1.0}}},
+            "search.sparsity: 1.0 would make an invalid config: sparsity: 1.0 is outside",
+        ),
+        (
+            {"search": {"sparsity": {"type": "float", "low": 0.1, "high": 0.5}}},
+            "base with every searched field at its low or first value: m: heterogeneous",
+        ),
         ({"search": {"lr": {"type": "float", "low": 0, "high": 0.1, "log": True}}}, "needs low > 0"),
         ({"search": {"m": {"type": "int", "low": 5, "high": 2}}}, "search.m: low (5) must not exceed high (2)"),
         ({"search": {"m": {"type": "int", "low": 1.5, "high": 4}}}, "search.m: an int parameter needs integer"),
         ({"search": {"m": {"type": "int", "low": 2}}}, "search.m: an int parameter needs `low` and `high`"),
-        ({"search": {**SEARCH["search"], "granularity": ["global", "pixel"]}},
-         "search.granularity: 'pixel' would make"),
+        (
+            {"search": {**SEARCH["search"], "granularity": ["global", "pixel"]}},
+            "search.granularity: 'pixel' would make",
+        ),
         ({"search": {"m": {"type": "normal", "low": 1, "high": 2}}}, "search.m.type: 'normal' is not one of"),
         ({"search": {"m": {"type": "int", "low": 2, "high": 4, "stepp": 1}}}, "search.m: unknown key(s) ['stepp']"),
         ({"objectives": [{"metric": "accuracy", "mode": "max"}]}, "objectives[0].metric: 'accuracy' is not one of"),

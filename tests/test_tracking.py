@@ -66,8 +66,9 @@ def _check_study_records(uri: str, name: str, study: Study, num_trials: int) -> 
         assert tags["impress.study"] == name and tags["dataset"] == "digits" and tags["stream"] == "rotated"
         assert tags["git_commit"] and tags["version.torch"] and tags["seed"] == "0"
         cfg = study.config(m=int(params["m"]), seed=0)
-        assert params == {k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in
-                          cfg.to_dict().items()} | {"threads": "1"}
+        assert params == {
+            k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.to_dict().items()
+        } | {"threads": "1"}
         history = client.get_metric_history(run.info.run_id, "acc/avg")
         assert sorted(m.step for m in history) == [0, 1, 2]  # step = task index, each once
         assert len(client.get_metric_history(run.info.run_id, "acc/task_000")) == 3
@@ -87,10 +88,27 @@ def test_study_is_recorded_in_a_sqlite_store(tmp_path):
 @pytest.fixture
 def mlflow_server(tmp_path):
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-                             f"sqlite:///{tmp_path / 'server.db'}", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--artifacts-destination", str(tmp_path / "server-artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_http(f"http://127.0.0.1:{port}/health")
         yield f"http://127.0.0.1:{port}", proc
@@ -118,8 +136,12 @@ def test_unreachable_tracking_server_fails_before_anything_runs(tmp_path):
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump({**STUDY, "tracking_uri": f"http://127.0.0.1:{port}"}))
     began = time.monotonic()
-    proc = subprocess.run([*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "studies")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "studies")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in proc.stderr
     assert not list((tmp_path / "studies").glob("*/results/*"))
@@ -127,9 +149,17 @@ def test_unreachable_tracking_server_fails_before_anything_runs(tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1400,900"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,900",
+]
 
 
 async def _browse(port: int, url: str, expected: list[str], screenshot: Path) -> str:
@@ -180,17 +210,31 @@ def test_ui_lists_the_trial_runs_in_a_browser(tmp_path):
     _, _, trials = _runs(uri, "browsed")
     names = [run.info.run_name for run in trials]
     port, devtools = _free_port(), _free_port()
-    ui = subprocess.Popen([*IMPRESS, "ui", "--store", uri, "--port", str(port), "--study", "browsed"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    ui = subprocess.Popen(
+        [*IMPRESS, "ui", "--store", uri, "--port", str(port), "--study", "browsed"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
     browser = None
     try:
         printed = ui.stdout.readline() + ui.stdout.readline()
         assert f"http://127.0.0.1:{port}/#/experiments/" in printed  # the URL it prints ...
         url = printed.split()[-1]
         _wait_http(f"http://127.0.0.1:{port}/health")  # ... is served on loopback
-        browser = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--remote-debugging-port={devtools}",
-                                    f"--user-data-dir={tmp_path / 'chrome'}", "about:blank"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        browser = subprocess.Popen(
+            [
+                CHROMIUM,
+                *CHROMIUM_FLAGS,
+                f"--remote-debugging-port={devtools}",
+                f"--user-data-dir={tmp_path / 'chrome'}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         _wait_http(f"http://127.0.0.1:{devtools}/json/version")
         shots = Path(os.environ.get("IMPRESS_SCREENSHOTS", tmp_path))
         shots.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import yaml
+from mlflow.tracking import MlflowClient
 
 from impress.pareto import pareto_mask
 from impress.study import Study
@@ -82,9 +83,12 @@ def _pids_with(text: str) -> list[int]:
 
 
 def _kill_first_trial_worker_after_a_checkpoint(root: Path, killed: list[int]) -> None:
-    deadline = time.monotonic() + 120
+    """SIGKILL the trial's worker once Tune has recorded two task reports (so the first report's
+    checkpoint is registered: a checkpoint still being copied would rightly not count)."""
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not killed:
-        if list((root / "tune").glob("_trial_*/checkpoint_*")):
+        records = list((root / "tune").glob("_trial_*/result.json"))
+        if records and len(records[0].read_text().splitlines()) >= 2:
             for pid in _pids_with("ImplicitFunc"):
                 os.kill(pid, signal.SIGKILL)  # a real crash of the process running the trial
                 killed.append(pid)
@@ -93,8 +97,15 @@ def _kill_first_trial_worker_after_a_checkpoint(root: Path, killed: list[int]) -
 
 
 def test_killed_trial_is_retried_from_its_checkpoint(tmp_path):
-    data = {"name": "retry", "base": {**BASE, "num_tasks": 6, "epochs": 3}, "grid": {"m": [2]},
-            "concurrency": 1, "max_failures": 2}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data = {
+        "name": "retry",
+        "base": {**BASE, "num_tasks": 6, "epochs": 3},
+        "grid": {"m": [2]},
+        "concurrency": 1,
+        "max_failures": 2,
+        "tracking_uri": uri,
+    }
     study = Study.from_dict(data)
     killed: list[int] = []
     watcher = threading.Thread(target=_kill_first_trial_worker_after_a_checkpoint, args=(tmp_path / "retry", killed))
@@ -106,6 +117,12 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     assert len(trials) == 1 and trials["state"][0] == "complete"
     assert trials["resumed_from"][0] >= 1  # continued after its last finished task, not from scratch
     _same_matrix(_results(outcome.root, trials["trial_id"][0])["acc_matrix"], _direct(study, trials.iloc[0]))
+    # MLflow: the retried trial is still one run, and every task's step is logged exactly once
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("retry")
+    runs = client.search_runs([experiment.experiment_id], filter_string="tags.`impress.kind` = 'trial'")
+    assert len(runs) == 1 and runs[0].data.tags["impress.state"] == "complete"
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "acc/avg")) == list(range(6))
 
 
 def _write_study(path: Path, data: dict) -> Path:
@@ -119,13 +136,23 @@ def test_interrupted_study_resumes_to_the_same_results(tmp_path):
     data = {**SEARCH, "name": "resumable", "trials": 4, "concurrency": 1}
     study_file = _write_study(tmp_path / "resumable.yaml", data)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    whole = subprocess.run([*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "whole")],
-                           capture_output=True, text=True, env=env, timeout=600)
+    whole = subprocess.run(
+        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "whole")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     cut_root = tmp_path / "cut" / "resumable"
-    driver = subprocess.Popen([*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "cut")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    driver = subprocess.Popen(
+        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "cut")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list((cut_root / "results").glob("*/results.json"))) < 2:
         assert driver.poll() is None, "the study finished before it could be interrupted"
@@ -134,21 +161,34 @@ def test_interrupted_study_resumes_to_the_same_results(tmp_path):
     driver.wait()
     assert not (cut_root / "trials.csv").exists()
 
-    resumed = subprocess.run([*IMPRESS, "study", "resume", "resumable", "--storage", str(tmp_path / "cut")],
-                             capture_output=True, text=True, env=env, timeout=600)
+    resumed = subprocess.run(
+        [*IMPRESS, "study", "resume", "resumable", "--storage", str(tmp_path / "cut")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = pd.read_csv(tmp_path / "whole" / "resumable" / "trials.csv")
     b = pd.read_csv(cut_root / "trials.csv")
     assert len(b) == 4 and b["trial_id"].is_unique and set(b["state"]) == {"complete"}
     cols = ["m", "granularity", "acc/avg", "bits/per_task"]
     key = ["m", "granularity", "acc/avg"]
-    pd.testing.assert_frame_equal(a[cols].sort_values(key).reset_index(drop=True),
-                                  b[cols].sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        a[cols].sort_values(key).reset_index(drop=True), b[cols].sort_values(key).reset_index(drop=True)
+    )
 
 
 def test_stopped_trials_are_pruned_in_optuna_and_kept_off_the_front(tmp_path):
-    data = {**SEARCH, "name": "asha", "base": {**BASE, "num_tasks": 4}, "trials": 6, "concurrency": 1,
-            "sampler": "random", "early_stopping": {"metric": "acc/avg", "grace_tasks": 1, "reduction_factor": 2}}
+    data = {
+        **SEARCH,
+        "name": "asha",
+        "base": {**BASE, "num_tasks": 4},
+        "trials": 6,
+        "concurrency": 1,
+        "sampler": "random",
+        "early_stopping": {"metric": "acc/avg", "grace_tasks": 1, "reduction_factor": 2},
+    }
     study = Study.from_dict(data)
     outcome = run_study(study, storage=tmp_path)
     trials = pd.read_csv(outcome.root / "trials.csv")
@@ -167,8 +207,12 @@ def test_malformed_study_fails_before_ray_starts(tmp_path):
     search = {**SEARCH["search"], "sparsity": {"type": "float", "low": 0.5, "high": 1.0}}
     bad = _write_study(tmp_path / "bad.yaml", {**SEARCH, "search": search})
     began = time.monotonic()
-    proc = subprocess.run([*IMPRESS, "study", "run", str(bad), "--storage", str(tmp_path / "out")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*IMPRESS, "study", "run", str(bad), "--storage", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert "search.sparsity: 1.0 would make an invalid config" in proc.stderr
     assert not (tmp_path / "out").exists()
