@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Config", "ConfigError"]
+__all__ = ["Config", "ConfigError", "INFERENCE_RULES", "INFERENCE_FIELDS"]
 
 
 class ConfigError(ValueError):
@@ -31,6 +31,22 @@ def _range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
 
 
 SOURCE_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
+
+# task-identity inference rules (implemented in `impress.inference.RULES`): search x objective
+INFERENCE_RULES = ("oneshot_h", "oneshot_g", "binary_h", "binary_g", "fit")
+# fields that change only how a finished model is evaluated, not what it learns (a checkpoint
+# written under other values of these still fits)
+INFERENCE_FIELDS = (
+    "scenario",
+    "infer_rules",
+    "infer_batch_size",
+    "infer_single",
+    "infer_binary_steps",
+    "infer_fit_steps",
+    "infer_fit_lr",
+    "infer_fit_start",
+    "infer_gain",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +79,19 @@ class Config:
     epochs: int = field(default=10, metadata=_range(1, 100_000))
     alpha_epochs: int | None = None  # coefficient tasks; None: `epochs`
     batch_size: int = field(default=128, metadata=_range(1, 1_000_000))
+    # task identity at test time (METHOD.md section 5): GG given; GNs / GNu inferred with shared /
+    # unshared labels (GNu: a batch whose task is inferred wrongly scores 0)
+    scenario: str = field(default="GG", metadata=_choice("GG", "GNs", "GNu"))
+    infer_rules: tuple[str, ...] = ("oneshot_h",)  # any of INFERENCE_RULES; the first is the headline
+    superfluous: int = field(default=0, metadata=_range(0, 100_000))  # extra output neurons (SupSup's G objective)
+    infer_batch_size: int = field(default=128, metadata=_range(1, 1_000_000))  # test images inferred together
+    infer_single: bool = False  # also infer from every test image alone (the `_single` metrics)
+    infer_binary_steps: int | None = None  # binary: halvings before a one-shot pick; None: until one is left
+    infer_fit_steps: int = field(default=10, metadata=_range(1, 10_000))  # fit: entropy-minimisation steps
+    infer_fit_lr: float = field(default=0.01, metadata=_range(0.0, 10.0, lo_open=True))  # fit: Adam step size
+    infer_fit_start: str = field(default="oneshot", metadata=_choice("oneshot", "mean"))  # fit: initial combination
+    # ImpressLearn: compare tasks at the logit scale of binary masks ("unit") or as stored ("raw")
+    infer_gain: str = field(default="unit", metadata=_choice("unit", "raw"))
     # run
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -83,6 +112,9 @@ class Config:
             raise ConfigError(f"widths: every width must be a positive integer, got {list(self.widths)}")
         if self.alpha_epochs is not None and self.alpha_epochs < 1:
             raise ConfigError(f"alpha_epochs: must be at least 1 or null, got {self.alpha_epochs}")
+        if self.infer_binary_steps is not None and self.infer_binary_steps < 0:
+            raise ConfigError(f"infer_binary_steps: must be at least 0 or null, got {self.infer_binary_steps}")
+        self._check_inference()
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads: must be at least 1 or null, got {self.threads}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -101,6 +133,24 @@ class Config:
             raise ConfigError(
                 f"num_tasks: a split of digits holds at most {10 // self.classes_per_task} tasks "
                 f"of {self.classes_per_task} classes, got {self.num_tasks}"
+            )
+
+    def _check_inference(self) -> None:
+        unknown = [r for r in self.infer_rules if r not in INFERENCE_RULES]
+        if unknown:
+            raise ConfigError(f"infer_rules: {unknown} not among {list(INFERENCE_RULES)}")
+        if not self.infer_rules or len(set(self.infer_rules)) != len(self.infer_rules):
+            raise ConfigError(f"infer_rules: expected one or more distinct rules, got {list(self.infer_rules)}")
+        uses_g = [r for r in self.infer_rules if r.endswith("_g")]
+        if uses_g and self.superfluous < 1:
+            raise ConfigError(
+                f"infer_rules: {uses_g} use SupSup's G objective, which needs superfluous output neurons; "
+                f"set superfluous >= 1 (got {self.superfluous})"
+            )
+        if self.scenario != "GG" and self.method == "finetune":
+            raise ConfigError(
+                f"scenario: {self.scenario} infers the task from stored per-task masks or coefficients; "
+                "method 'finetune' stores none (use GG)"
             )
 
     # ---- derived quantities -------------------------------------------------------------------
@@ -173,9 +223,10 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
     if origin is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace(",", " ").split() if v]
+        item = typing.get_args(base)[0]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
-        return tuple(_coerce(name, v, int) for v in value)
+            raise ConfigError(f"{name}: expected a list of {'integers' if item is int else 'names'}, got {value!r}")
+        return tuple(_coerce(name, v, item) for v in value)
     if base is bool:
         if isinstance(value, bool):
             return value

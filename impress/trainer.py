@@ -6,7 +6,8 @@
         report(metrics with step = t)       # Ray, the CLI and the tests each pass their own
         checkpoint                          # a later run resumes here, bit-identically
 
-Task identity is given at training and test (GG).
+Task identity is given at training; at test it is given (GG) or, after the last task, inferred
+by each of `cfg.infer_rules` (GNs, GNu: `impress.inference`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from torch import nn
 
 from impress.backbones import build_backbone
 from impress.checkpoint import CheckpointError, load_checkpoint, load_method_state, method_state, save_checkpoint
-from impress.config import Config
+from impress.config import INFERENCE_FIELDS, Config
+from impress.inference import evaluate_inference
 from impress.layers import Stored, masked_layers, task_view
 from impress.methods import METHODS
 from impress.metrics import summary
@@ -94,7 +96,7 @@ def build(cfg: Config, device: torch.device) -> tuple[Stream, nn.Module]:
     net = build_backbone(
         cfg.backbone,
         in_shape=stream.in_shape,
-        num_classes=stream.num_classes,
+        num_classes=stream.num_classes + cfg.superfluous,  # superfluous outputs: never a label
         seed=cfg.seed,
         widths=cfg.widths,
         per_task_bn=cfg.bn == "task",
@@ -113,7 +115,8 @@ def evaluate(
     correct = 0
     with view if view is not None else method.view(task.index):
         for i in range(0, len(y), batch_size):
-            correct += int((method.net(x[i : i + batch_size]).argmax(dim=1) == y[i : i + batch_size]).sum())
+            logits = method.net(x[i : i + batch_size])[:, : task.stream.num_classes]  # not the superfluous
+            correct += int((logits.argmax(dim=1) == y[i : i + batch_size]).sum())
     return correct / len(y)
 
 
@@ -136,8 +139,15 @@ def _overhead(cfg: Config, method: nn.Module) -> Overhead:
     return overhead(cfg, method.net, layout.size if layout is not None else 0)
 
 
+def _inferred(cfg: Config, method: nn.Module, stream: Stream) -> dict[str, float]:
+    """GN scenarios: task-identity inference over the learned stream (`impress.inference`); GG: none."""
+    if cfg.scenario == "GG":
+        return {}
+    return evaluate_inference(method, stream, cfg, scenarios=(cfg.scenario,))
+
+
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("device", "threads")}
+    return {k: v for k, v in config.items() if k not in ("device", "threads", *INFERENCE_FIELDS)}
 
 
 def run(
@@ -172,6 +182,7 @@ def run(
     bits = _overhead(cfg, method)
     dedicated = T if cfg.method == "supsup" else (0 if cfg.method == "finetune" else bits.dedicated_tasks)
 
+    inferred: dict[str, float] = {}
     for t in range(start, T):
         task = stream[t]
         began = time.perf_counter()
@@ -192,6 +203,8 @@ def run(
                     "method": method_state(method),
                 },
             )
+        if t == T - 1:  # the stream is learned: infer task identities (GN scenarios)
+            inferred = _inferred(cfg, method, stream)
         report(
             {
                 "step": t,
@@ -204,13 +217,16 @@ def run(
                 "bits/per_task": bits.per_task_bits,
                 "bits/total": bits.total_bits(t + 1),
                 "time/task_s": seconds[-1],
+                **inferred,
             }
         )
+    if start == T:  # resumed after the last task: nothing was learned or reported, but still infer
+        inferred = _inferred(cfg, method, stream)
 
     return Result(
         config=cfg.to_dict(),
         acc_matrix=R.tolist(),
-        metrics=summary(R, dedicated_tasks=dedicated),
+        metrics={**summary(R, dedicated_tasks=dedicated), **inferred},
         overhead=bits.as_dict(T),
         task_seconds=seconds,
         stream=stream.identity(),

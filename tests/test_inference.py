@@ -1,0 +1,238 @@
+"""Task-identity inference (GN scenarios): identities of the collapsed superposition, the rules on
+permuted digits, and what enabling inference must not change."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from impress.config import INFERENCE_RULES, Config, ConfigError
+from impress.inference import (
+    RULES,
+    batch_statistics,
+    entropy,
+    evaluate_inference,
+    identify,
+    infer,
+    task_basis,
+)
+from impress.layers import masked_layers, task_norms, task_view
+from impress.trainer import build, evaluate, resolve_device, run
+
+CPU = resolve_device("cpu")
+# small, separable: permuted digits, 64-64 hidden units, 10 extra outputs for the G objective; a
+# full batch is a task's whole test set (360 images)
+SMALL = dict(stream="permuted", widths=(64, 64), epochs=3, superfluous=10, infer_batch_size=360)
+
+
+def _learned(cfg: Config):
+    stream, method = build(cfg, CPU)
+    for task in stream:
+        method.learn(task, lambda event: None)
+    return stream, method
+
+
+@pytest.fixture(scope="module")
+def supsup():
+    return _learned(Config(method="supsup", num_tasks=5, **SMALL))
+
+
+@pytest.fixture(scope="module")
+def impress():
+    # 3 dedicated tasks (their masks are the bank) and 3 tasks learned as per-unit combinations
+    return _learned(Config(method="impresslearn", m=3, granularity="channel", num_tasks=6, **SMALL))
+
+
+def test_rule_registry_is_the_config_choices():
+    assert set(RULES) == set(INFERENCE_RULES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Identities
+
+
+def _masks(method):
+    return [layer.current_mask().detach().clone() for layer in masked_layers(method.net)]
+
+
+@pytest.mark.parametrize("which", ["supsup", "impress"])
+@pytest.mark.parametrize("gain", ["raw", "unit"])
+def test_collapsed_superposition_is_the_explicit_sum_over_tasks(which, gain, request):
+    """sum_t beta_t * (task t's mask) per layer, built from each task's own view, against the one
+    combination beta @ C; the same for the entropy's gradient with respect to beta."""
+    stream, method = request.getfixturevalue(which)
+    basis = task_basis(method, gain=gain)
+    T = basis.num_tasks
+    scale = (
+        basis.gain(task_basis(method, gain="raw").coeffs) if gain == "unit" and which == "impress" else torch.ones(T)
+    )
+    views = []
+    for t in range(T):
+        with method.view(t):
+            views.append(_masks(method))
+    beta = torch.rand(T, generator=torch.Generator().manual_seed(0))
+    beta = (beta / beta.sum()).requires_grad_(True)
+    x, _ = stream[0].test_data()
+
+    with task_view(method.net, basis.superpose(beta)):
+        collapsed = [layer.current_mask() for layer in masked_layers(method.net)]
+        h_collapsed = entropy(method.net(x), 10).mean()
+    explicit = [sum(beta[t] / scale[t] * views[t][i] for t in range(T)) for i in range(len(collapsed))]
+    for a, b in zip(collapsed, explicit):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with task_view(method.net, [lambda layer, mask=mask: mask for mask in explicit]):
+        h_explicit = entropy(method.net(x), 10).mean()
+    (g_collapsed,) = torch.autograd.grad(h_collapsed, beta)
+    (g_explicit,) = torch.autograd.grad(h_explicit, beta)
+    torch.testing.assert_close(g_collapsed, g_explicit, rtol=1e-4, atol=1e-6)
+
+
+def test_unit_gain_changes_no_prediction_and_no_dedicated_task(impress):
+    """Rescaling a row scales the logits of a bias-free ReLU net: argmax is unchanged."""
+    stream, method = impress
+    raw, unit = task_basis(method, gain="raw"), task_basis(method, gain="unit")
+    torch.testing.assert_close(unit.coeffs[: method.n_dedicated], raw.coeffs[: method.n_dedicated])
+    torch.testing.assert_close(unit.gain(unit.coeffs), torch.ones(unit.num_tasks))
+    assert (raw.gain(raw.coeffs)[method.n_dedicated :] > 1.2).all()  # learned rows run hot
+    x, _ = stream[4].test_data()
+    with torch.no_grad():
+        for t in range(raw.num_tasks):
+            with task_view(method.net, raw.sources(raw.coeffs[t])):
+                a = method.net(x)[:, :10].argmax(1)
+            with task_view(method.net, unit.sources(unit.coeffs[t])):
+                b = method.net(x)[:, :10].argmax(1)
+            assert torch.equal(a, b)
+
+
+def test_single_images_vectorised_equal_one_at_a_time(supsup):
+    """The vmap path (single images) agrees with plain autograd on a batch of one image."""
+    stream, method = supsup
+    cfg = Config(method="supsup", num_tasks=5, **SMALL)
+    basis = task_basis(method)
+    x, _ = stream[2].test_data()
+    x = x[:6]
+    for rule in ("oneshot_h", "binary_g"):
+        together, _ = identify(basis, method.net, x.unsqueeze(1), rule, cfg, classes=10)
+        alone = [identify(basis, method.net, x[i : i + 1].unsqueeze(0), rule, cfg, classes=10)[0] for i in range(6)]
+        assert torch.equal(together, torch.cat(alone))
+
+
+def test_binary_search_without_halvings_is_oneshot(supsup):
+    stream, method = supsup
+    cfg = Config(method="supsup", num_tasks=5, **SMALL)
+    basis = task_basis(method)
+    x, _ = stream[1].test_data()
+    xs = x[:40].unsqueeze(1)
+    oneshot, _ = identify(basis, method.net, xs, "oneshot_h", cfg, classes=10)
+    binary, _ = identify(basis, method.net, xs, "binary_h", cfg.replace(infer_binary_steps=0), classes=10)
+    assert torch.equal(oneshot, binary)
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules on permuted digits (chance: 1/T)
+
+
+def test_supsup_rules_identify_tasks_from_full_batches(supsup):
+    stream, method = supsup
+    cfg = Config(method="supsup", num_tasks=5, **SMALL)
+    m = evaluate_inference(method, stream, cfg, rules=INFERENCE_RULES)
+    gg = np.mean([evaluate(method, task) for task in stream])
+    assert gg > 0.85
+    for rule in ("oneshot_h", "binary_h", "oneshot_g", "binary_g"):
+        assert m[f"task_infer/acc/{rule}"] >= 0.9, rule  # CLARIFICATIONS.md: >= 0.9 on full batches
+        assert m[f"acc/gnu/{rule}"] >= 0.9 * gg, rule
+    # label-free fitting is judged by accuracy: without task labels, within 0.1 of GG. It starts at
+    # the one-shot pick; minimising the entropy then drifts from a right pick (measured: -0.06)
+    assert m["acc/gns/fit"] >= gg - 0.1
+    assert m["acc/gnu/oneshot_h"] <= m["acc/gns/oneshot_h"]  # GNu only takes away
+
+
+def test_impresslearn_rules_identify_tasks_from_full_batches(impress):
+    """Honest thresholds. Chance is 1/6. The 3 dedicated tasks (the bank's own masks) are found
+    like SupSup's. The 3 tasks learned as combinations are confident on every task's data (their
+    entropy barely rises on foreign data, measured), so the entropy rules miss most of them; G
+    finds some. So: dedicated tasks >= 0.9, all tasks >= 0.45 (2.7x chance) for every rule."""
+    stream, method = impress
+    cfg = Config(method="impresslearn", m=3, granularity="channel", num_tasks=6, **SMALL)
+    basis = task_basis(method)
+    for rule in ("oneshot_h", "binary_h", "oneshot_g", "binary_g", "fit"):
+        hits = []
+        for task in stream:
+            x, _ = task.test_data()
+            hits.append(float((infer(method, x, rule, cfg, classes=10, basis=basis).task == task.index).float().mean()))
+        assert np.mean(hits[:3]) >= 0.9, (rule, hits)
+        assert np.mean(hits) >= 0.45, (rule, hits)
+
+
+def test_inference_leaves_batchnorm_statistics_alone():
+    cfg = Config(method="supsup", backbone="convnet", num_tasks=2, stream="permuted", superfluous=2)
+    stream, method = build(cfg, CPU)  # two random masks and BN statistics stand in for learned ones
+    for layer in masked_layers(method.net):
+        for _ in range(2):
+            layer.store_mask(torch.rand(layer.weight.shape) < 0.5)
+    for norm in task_norms(method.net):
+        norm.store_stats(), norm.store_stats()
+    before = [(n.running_mean.clone(), n.task_mean.clone()) for n in task_norms(method.net)]
+    x, _ = stream[1].test_data()
+    for rule in ("oneshot_h", "binary_g", "fit"):
+        infer(method, x[:64], rule, cfg.replace(infer_rules=(rule,)), classes=10)
+        infer(method, x[:4], rule, cfg.replace(infer_rules=(rule,)), classes=10, single=True)
+    for n, (running, stored) in zip(task_norms(method.net), before):
+        assert torch.equal(n.running_mean, running) and torch.equal(n.task_mean, stored)
+    with batch_statistics(method.net):
+        assert all(n.training and not n.track_running_stats for n in task_norms(method.net))
+    assert all(n.track_running_stats for n in task_norms(method.net))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer: GG is untouched, GN adds its metrics
+
+
+TINY = dict(stream="permuted", method="supsup", num_tasks=2, epochs=1, widths=(32, 32), superfluous=3)
+
+
+def test_enabling_inference_leaves_gg_accuracy_unchanged(tmp_path):
+    gg = run(Config(**TINY), checkpoint_dir=tmp_path)
+    reported = []
+    gnu = run(Config(**TINY, scenario="GNu", infer_rules=("oneshot_g", "binary_h"), infer_single=True), reported.append)
+    np.testing.assert_array_equal(np.array(gnu.acc_matrix), np.array(gg.acc_matrix))
+    np.testing.assert_array_equal([gnu.metrics[k] for k in gg.metrics], list(gg.metrics.values()))
+    assert not any(k.startswith(("task_infer", "acc/gn")) for k in gg.metrics)
+    for key in ("task_infer/acc", "task_infer/acc_single", "acc/gnu", "acc/gnu_single", "time/infer_batch_ms"):
+        assert key in gnu.metrics and key in reported[-1]  # headline keys: the first rule
+    assert gnu.metrics["acc/gnu"] == gnu.metrics["acc/gnu/oneshot_g"] and "acc/gnu/binary_h" in gnu.metrics
+    assert not any(k.startswith("acc/gns") for k in gnu.metrics)  # GNu reports GNu
+    assert not any(k.startswith("task_infer") for k in reported[0])  # only after the last task
+    # a finished run's checkpoint can be evaluated under another scenario: inference is not training
+    gns = run(Config(**TINY, scenario="GNs"), checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(np.array(gns.acc_matrix), np.array(gg.acc_matrix))
+    assert "acc/gns" in gns.metrics
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"infer_rules": ("oneshot",)}, "infer_rules"),
+        ({"infer_rules": ()}, "infer_rules"),
+        ({"infer_rules": ("fit", "fit")}, "infer_rules"),
+        ({"infer_rules": ("oneshot_h", "binary_g")}, "infer_rules"),  # G without superfluous outputs
+        ({"infer_rules": 3}, "infer_rules"),
+        ({"scenario": "GNu", "method": "finetune"}, "scenario"),
+        ({"scenario": "gnu"}, "scenario"),
+        ({"superfluous": -1}, "superfluous"),
+        ({"infer_binary_steps": -1}, "infer_binary_steps"),
+        ({"infer_fit_lr": 0}, "infer_fit_lr"),
+        ({"infer_gain": "none"}, "infer_gain"),
+    ],
+)
+def test_inference_config_errors_name_the_field(changes, field):
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        Config.from_dict(changes)
+
+
+def test_inference_config_from_the_command_line():
+    cfg = Config.from_dict({"infer_rules": "oneshot_g,fit", "superfluous": "5", "infer_binary_steps": "null"})
+    assert cfg.infer_rules == ("oneshot_g", "fit") and cfg.superfluous == 5 and cfg.infer_binary_steps is None
+    assert Config.from_dict(cfg.to_dict()) == cfg
+    assert cfg.run_name() == "infer_rules=oneshot_g-fit~superfluous=5~seed=0"
