@@ -31,3 +31,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+bench: $(STAMP)  # every performance figure against its target (a few minutes); `--quick` in CI's tests
+	$(BIN)/python -m bench
