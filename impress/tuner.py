@@ -411,6 +411,9 @@ def _init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
+    # Without an address (flag or RAY_ADDRESS, which Ray Jobs sets), start a Ray of our own rather
+    # than joining whatever `ray start` left running on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     ray.init(
         address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING", configure_logging=True
     )
