@@ -18,9 +18,19 @@ from typing import Any
 
 import yaml
 
-from impress.config import Config, ConfigError
+from impress.config import INFERENCE_RULES, Config, ConfigError
 
-__all__ = ["Study", "Param", "Objective", "EarlyStopping", "Resources", "StudyError", "METRICS", "SAMPLERS"]
+__all__ = [
+    "Study",
+    "Param",
+    "Objective",
+    "EarlyStopping",
+    "Resources",
+    "StudyError",
+    "METRICS",
+    "FINAL_METRICS",
+    "SAMPLERS",
+]
 
 # Metrics a trial reports at every task boundary that a study may optimise or stop on.
 METRICS = (
@@ -33,6 +43,9 @@ METRICS = (
     "bits/total",
     "time/task_s",
 )
+# Metrics a trial reports once, after its last task (task-identity inference, GN scenarios): a
+# study may optimise them (alone or per rule, `task_infer/acc/binary_g`) but not stop early on them.
+FINAL_METRICS = ("task_infer/acc", "acc/gns", "acc/gnu", "time/infer_batch_ms")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 
 
@@ -228,9 +241,12 @@ class Study:
 
     def _valid_or_raise(self, where: str, **values: Any) -> None:
         try:
-            self.config(**values)
+            cfg = self.config(**values)
         except ConfigError as err:
             raise StudyError(f"{where}: {err}") from None
+        for i, o in enumerate(self.objectives):
+            if (why := _not_produced(o.metric, cfg)) is not None:
+                raise StudyError(f"objectives[{i}].metric: {o.metric} is never reported at {where}: {why}")
 
 
 # ---- field parsers (each error names its field) ------------------------------------------------------
@@ -314,10 +330,28 @@ def _objective(i: int, spec: Any) -> Objective:
     spec = _mapping(spec, where)
     if bad := sorted(set(spec) - {"metric", "mode"}):
         raise StudyError(f"{where}: unknown key(s) {bad}; expected metric and mode")
-    return Objective(
-        _choice(spec.get("metric"), METRICS, f"{where}.metric"),
-        _choice(spec.get("mode"), ("max", "min"), f"{where}.mode"),
-    )
+    metric = spec.get("metric")
+    per_rule = [f"{m}/{r}" for m in FINAL_METRICS for r in INFERENCE_RULES]
+    if metric not in per_rule and metric not in METRICS + FINAL_METRICS:
+        raise StudyError(
+            f"{where}.metric: {metric!r} is not one of {list(METRICS + FINAL_METRICS)}, "
+            f"nor an inference metric per rule (e.g. task_infer/acc/{INFERENCE_RULES[0]})"
+        )
+    return Objective(metric, _choice(spec.get("mode"), ("max", "min"), f"{where}.mode"))
+
+
+def _not_produced(metric: str, cfg: Config) -> str | None:
+    """Why a trial with `cfg` never reports `metric` (None: it does)."""
+    if not metric.startswith(FINAL_METRICS):
+        return None
+    if cfg.scenario == "GG":
+        return "task identity is given (scenario GG); infer it with scenario GNs or GNu"
+    if metric.startswith(("acc/gns", "acc/gnu")) and metric[4:7] != cfg.scenario.lower():
+        return f"the trial's scenario is {cfg.scenario}"
+    rule = metric.rsplit("/", 1)[1] if metric.count("/") == 2 else None
+    if rule is not None and rule not in cfg.infer_rules:
+        return f"{rule!r} is not among its infer_rules {list(cfg.infer_rules)}"
+    return None
 
 
 def _resources(spec: Any) -> Resources:

@@ -86,6 +86,10 @@ def _searcher(study: Study):
                 result = None  # NOTE: Ray would otherwise record the partial values as COMPLETE
             super().on_trial_complete(trial_id, result, error)
 
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            if all(m in result for m in ([self.metric] if isinstance(self.metric, str) else self.metric)):
+                super().on_trial_result(trial_id, result)  # NOTE: inference metrics come only at the end
+
     space = {}
     for p in study.search:
         if p.kind == "categorical":
@@ -119,6 +123,15 @@ def _trial_base(study: Study) -> dict[str, Any]:
         base["data_root"] = str(Path(base["data_root"]).expanduser().resolve())
     if "threads" not in base:  # one trial, its CPUs: no oversubscription of the node's cores
         base["threads"] = max(1, math.floor(study.resources.cpu))
+    # A trial computes on what it reserved: CUDA when it asked Ray for a GPU (or a fraction of one),
+    # else the CPU, even on a GPU node whose devices belong to other trials.
+    device = base.get("device", "auto")
+    if device == "auto":
+        base["device"] = "cuda" if study.resources.gpu > 0 else "cpu"
+    elif isinstance(device, str) and device.startswith("cuda") and study.resources.gpu <= 0:
+        raise StudyError(
+            f"base.device: {device!r} needs a GPU per trial; set resources.gpu (fractions allowed, e.g. 0.25)"
+        )
     return base
 
 
@@ -404,6 +417,10 @@ def _init_ray(address: str | None) -> bool:
     # NOTE: we keep one checkpoint per trial, so Tune snapshots its state at every task boundary
     # (what makes resume exact); its warning about that frequency is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # NOTE: inference metrics (FINAL_METRICS) come only with the last task's report, which Tune's
+    # check that every report holds the objectives would reject; `Study` already checks that
+    # every trial reports every objective.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     import optuna
     import ray
 
@@ -441,6 +458,7 @@ def _tracker(study: Study, root: Path):
 def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> StudyOutcome:
     import ray
 
+    _trial_base(study)  # a device the trial's resources cannot serve fails here, before Ray starts
     tracker = _tracker(study, root)
     started = _init_ray(address)
     try:

@@ -77,6 +77,24 @@ def _error(data) -> str:
         ({"search": {"m": {"type": "int", "low": 2, "high": 4, "stepp": 1}}}, "search.m: unknown key(s) ['stepp']"),
         ({"objectives": [{"metric": "accuracy", "mode": "max"}]}, "objectives[0].metric: 'accuracy' is not one of"),
         ({"objectives": [{"metric": "acc/avg", "mode": "up"}]}, "objectives[0].mode: 'up'"),
+        (
+            {"objectives": [{"metric": "task_infer/acc", "mode": "max"}]},
+            "objectives[0].metric: task_infer/acc is never reported at base with every searched field at its "
+            "low or first value: task identity is given (scenario GG)",
+        ),
+        (
+            {"base": {"num_tasks": 4, "scenario": "GNu"}, "objectives": [{"metric": "acc/gns", "mode": "max"}]},
+            "acc/gns is never reported at base with every searched field at its low or first value: the trial's "
+            "scenario is GNu",
+        ),
+        (
+            {
+                "base": {"num_tasks": 4, "scenario": "GNs"},
+                "objectives": [{"metric": "task_infer/acc/fit", "mode": "max"}],
+            },
+            "'fit' is not among its infer_rules ['oneshot_h']",
+        ),
+        ({"objectives": [{"metric": "task_infer/acc/guess", "mode": "max"}]}, "nor an inference metric per rule"),
         ({"sampler": "cmaes"}, "sampler: 'cmaes' is not one of"),
         ({"trials": 0}, "trials: expected an integer >= 1"),
         ({"seeds": [0, 1]}, "seeds: a search study runs each proposed config with one seed"),
@@ -91,6 +109,18 @@ def _error(data) -> str:
 )
 def test_malformed_studies_name_the_field(change, message):
     assert message in _error({**SEARCH, **change})
+
+
+def test_inference_objectives_are_accepted_where_every_trial_reports_them():
+    data = {
+        "name": "gn",
+        "base": {"num_tasks": 4, "m": 2, "scenario": "GNu", "superfluous": 4, "infer_rules": ["oneshot_h", "binary_g"]},
+        "grid": {"method": ["supsup", "impresslearn"]},
+        "objectives": [{"metric": "acc/gnu/binary_g", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+    }
+    assert Study.from_dict(data).objectives[0].metric == "acc/gnu/binary_g"
+    data["grid"]["scenario"] = ["GNu", "GG"]  # one grid point would never report it
+    assert "grid point (method=supsup, scenario=GG): task identity is given" in _error(data)
 
 
 def test_invalid_grid_point_is_named():

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pandas as pd
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -130,26 +131,38 @@ def _write_study(path: Path, data: dict) -> Path:
     return path
 
 
-def test_interrupted_study_resumes_to_the_same_results(tmp_path):
-    """Driver killed mid-study (SIGKILL), then `impress study resume`: with concurrency 1 and a seeded
-    sampler the study equals an uninterrupted one; no trial is lost or duplicated."""
-    data = {**SEARCH, "name": "resumable", "trials": 4, "concurrency": 1}
-    study_file = _write_study(tmp_path / "resumable.yaml", data)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+RESUMABLE = {**SEARCH, "name": "resumable", "trials": 4, "concurrency": 1}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> pd.DataFrame:
+    """The trials of the resumable study run start to finish without interruption."""
+    tmp = tmp_path_factory.mktemp("whole")
+    study_file = _write_study(tmp / "resumable.yaml", RESUMABLE)
     whole = subprocess.run(
-        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "whole")],
+        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp)],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         timeout=600,
     )
     assert whole.returncode == 0, whole.stderr[-3000:]
+    return pd.read_csv(tmp / "resumable" / "trials.csv")
 
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["driver_killed", "ctrl_c"])
+def test_interrupted_study_resumes_to_the_same_results(tmp_path, uninterrupted, sig):
+    """The driver killed mid-study (SIGKILL to it and its Ray), or Ctrl-C (SIGINT to the terminal's
+    process group), then `impress study resume`: with concurrency 1 and a seeded sampler the study
+    equals an uninterrupted one; no trial is lost or duplicated."""
+    study_file = _write_study(tmp_path / "resumable.yaml", RESUMABLE)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cut_root = tmp_path / "cut" / "resumable"
     driver = subprocess.Popen(
         [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "cut")],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
         env=env,
         start_new_session=True,
     )
@@ -157,9 +170,13 @@ def test_interrupted_study_resumes_to_the_same_results(tmp_path):
     while time.monotonic() < deadline and len(list((cut_root / "results").glob("*/results.json"))) < 2:
         assert driver.poll() is None, "the study finished before it could be interrupted"
         time.sleep(0.1)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
-    assert not (cut_root / "trials.csv").exists()
+    os.killpg(driver.pid, sig)
+    _, err = driver.communicate(timeout=120)
+    if sig == signal.SIGKILL:
+        assert not (cut_root / "trials.csv").exists()
+    else:  # Ctrl-C: the driver stops cleanly, says how to go on and exits non-zero
+        assert driver.returncode != 0 and "impress study resume resumable" in err, err[-3000:]
+        assert len(pd.read_csv(cut_root / "trials.csv")) < 4
 
     resumed = subprocess.run(
         [*IMPRESS, "study", "resume", "resumable", "--storage", str(tmp_path / "cut")],
@@ -169,13 +186,12 @@ def test_interrupted_study_resumes_to_the_same_results(tmp_path):
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = pd.read_csv(tmp_path / "whole" / "resumable" / "trials.csv")
     b = pd.read_csv(cut_root / "trials.csv")
     assert len(b) == 4 and b["trial_id"].is_unique and set(b["state"]) == {"complete"}
     cols = ["m", "granularity", "acc/avg", "bits/per_task"]
     key = ["m", "granularity", "acc/avg"]
     pd.testing.assert_frame_equal(
-        a[cols].sort_values(key).reset_index(drop=True), b[cols].sort_values(key).reset_index(drop=True)
+        uninterrupted[cols].sort_values(key).reset_index(drop=True), b[cols].sort_values(key).reset_index(drop=True)
     )
 
 
@@ -201,6 +217,27 @@ def test_stopped_trials_are_pruned_in_optuna_and_kept_off_the_front(tmp_path):
     states = [t.state for t in stored.trials]
     assert states.count(optuna.trial.TrialState.PRUNED) == len(stopped)
     assert states.count(optuna.trial.TrialState.COMPLETE) == (trials["state"] == "complete").sum()
+
+
+def test_search_on_an_inference_metric_reported_only_after_the_last_task(tmp_path):
+    """Task-identity inference runs once, after the stream: the searcher must wait for it."""
+    data = {
+        "name": "gn_search",
+        "base": {**BASE, "scenario": "GNu", "superfluous": 4, "infer_rules": ["oneshot_g", "oneshot_h"]},
+        "search": {"method": ["supsup", "impresslearn"], "m": {"type": "int", "low": 1, "high": 2}},
+        "objectives": [{"metric": "task_infer/acc/oneshot_h", "mode": "max"}],
+        "sampler": "random",
+        "trials": 2,
+        "concurrency": 2,
+    }
+    outcome = run_study(Study.from_dict(data), storage=tmp_path)
+    trials = pd.read_csv(outcome.root / "trials.csv")
+    assert len(trials) == 2 and set(trials["state"]) == {"complete"}
+    for col in ("task_infer/acc", "acc/gnu", "task_infer/acc/oneshot_g", "acc/gnu/oneshot_h"):
+        assert trials[col].between(0, 1).all(), col
+    assert (trials["task_infer/acc"] == trials["task_infer/acc/oneshot_g"]).all()  # the first rule is the headline
+    stored = optuna.load_study(study_name="gn_search", storage=f"sqlite:///{outcome.root / 'optuna.db'}")
+    assert sorted(t.value for t in stored.trials) == sorted(trials["task_infer/acc/oneshot_h"])
 
 
 def test_malformed_study_fails_before_ray_starts(tmp_path):
