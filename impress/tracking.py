@@ -103,7 +103,8 @@ class StudyTracker:
             )
         self.parent_id = parent.info.run_id
         self._runs: dict[str, str] = {}
-        self._last_step: dict[str, int] = {}
+        self._logged: dict[str, set[int]] = {}  # per trial: the steps MLflow has
+        self.missed = False  # some write failed or was skipped: the store lacks part of the study
 
     def _find(self, filter_string: str):
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
@@ -132,17 +133,16 @@ class StudyTracker:
             self.client.log_batch(
                 run.info.run_id, params=[Param(k, _param_value(v)[:6000]) for k, v in sorted(params.items())]
             )
-            self._last_step[trial_id] = -1
-        else:
-            history = self.client.get_metric_history(run.info.run_id, "acc/avg")
-            self._last_step[trial_id] = max((m.step for m in history), default=-1)
+            self._logged[trial_id] = set()
+        else:  # a gap left while the store was away is filled by the next sync
+            self._logged[trial_id] = {m.step for m in self.client.get_metric_history(run.info.run_id, "acc/avg")}
         self._runs[trial_id] = run.info.run_id
         return run.info.run_id
 
     def log_task(self, trial_id: str, metrics: dict[str, Any]) -> None:
         """One task boundary's metrics at step = task index (a step already logged is skipped)."""
         step = int(metrics["step"])
-        if step <= self._last_step.get(trial_id, -1):
+        if step in self._logged.setdefault(trial_id, set()):
             return
         from mlflow.entities import Metric
 
@@ -154,7 +154,7 @@ class StudyTracker:
             if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
         self.client.log_batch(run_id, metrics=batch)
-        self._last_step[trial_id] = step
+        self._logged[trial_id].add(step)
 
     def finish_trial(self, trial_id: str, *, state: str, results_dir: Path | None, extra_tags: dict[str, str]) -> None:
         """Artifacts (results.json, acc_matrix.csv), provenance tags, state, and the run's end."""

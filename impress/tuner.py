@@ -152,6 +152,8 @@ def _tracking_callback(study: Study, root: Path, tracker):
     results stay in Tune's records and `results/`, and `impress study sync` writes them later."""
     from ray import tune
 
+    from impress.tracking import TrackingError, check_reachable
+
     class Tracking(tune.Callback):
         def __init__(self) -> None:
             self.warned = False
@@ -162,13 +164,19 @@ def _tracking_callback(study: Study, root: Path, tracker):
             return {"warned": self.warned}
 
         def _safely(self, action, *args, **kwargs) -> None:
+            if tracker.missed:  # the store failed before: a quick look whether it is back, or skip
+                try:
+                    check_reachable(tracker.uri, timeout=1.0)
+                except TrackingError:
+                    return
             try:
                 action(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - any store failure must not end the study
+                tracker.missed = True
                 if not self.warned:
                     print(
                         f"warning: MLflow store {tracker.uri} failed ({type(err).__name__}: {err}); the study "
-                        f"goes on and keeps every result; afterwards run `impress study sync {study.name}`",
+                        f"goes on and keeps every result, and fills the store in when it is back",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -469,35 +477,42 @@ def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> Stu
         if started:
             ray.shutdown()
     try:
-        tracker.finish_study(
-            files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")], complete=outcome.complete
-        )
+        if tracker.missed:  # the store was away for part of the study: fill it in from the study's records
+            _sync(study, root, tracker)
+        else:
+            tracker.finish_study(files=[root / n for n in STUDY_FILES], complete=outcome.complete)
     except Exception as err:  # noqa: BLE001 - the study's own files hold everything
         print(
-            f"warning: could not log the study's files to MLflow ({err}); run `impress study sync {study.name}` later",
+            f"warning: could not write the study to MLflow ({err}); run `impress study sync {study.name}` later",
             file=sys.stderr,
         )
     return outcome
 
 
-def sync_study(name: str, *, storage: str | Path = "runs/studies") -> int:
-    """Write a study's trials to MLflow from its own records (idempotent). Returns trials synced."""
+STUDY_FILES = ("study.yaml", "trials.csv", "front.csv", "pareto.png")  # logged to the study's parent run
+
+
+def _sync(study: Study, root: Path, tracker) -> int:
+    """Log every trial of the study from its own records, filling whatever MLflow lacks."""
     from impress.tracking import sync_from_tune
 
-    root = study_dir(storage, name)
-    if not (root / "study.yaml").exists():
-        raise StudyError(f"no study {name!r} under {Path(storage).resolve()} (expected {root / 'study.yaml'})")
-    study = Study.from_yaml(root / "study.yaml")
-    tracker = _tracker(study, root)
     states = {}
     if (root / "trials.csv").exists():
         table = pd.read_csv(root / "trials.csv")
         states = dict(zip(table["trial_id"], table["state"]))
     n = sync_from_tune(tracker, root / TUNE_DIR, root / "results", lambda c: _trial_params(study, c), states)
-    tracker.finish_study(
-        files=[root / n for n in ("study.yaml", "trials.csv", "front.csv", "pareto.png")], complete=bool(states)
-    )
+    tracker.finish_study(files=[root / n for n in STUDY_FILES], complete=bool(states))
+    tracker.missed = False
     return n
+
+
+def sync_study(name: str, *, storage: str | Path = "runs/studies") -> int:
+    """Write a study's trials to MLflow from its own records (idempotent). Returns trials synced."""
+    root = study_dir(storage, name)
+    if not (root / "study.yaml").exists():
+        raise StudyError(f"no study {name!r} under {Path(storage).resolve()} (expected {root / 'study.yaml'})")
+    study = Study.from_yaml(root / "study.yaml")
+    return _sync(study, root, _tracker(study, root))
 
 
 def run_study(study: Study, *, storage: str | Path = "runs/studies", address: str | None = None) -> StudyOutcome:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port, wait_http
 from mlflow.tracking import MlflowClient
 
 from impress.study import Study
@@ -25,23 +24,6 @@ STUDY = {
     "grid": {"m": [1, 2]},
     "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
 def _runs(uri: str, name: str):
@@ -68,7 +50,7 @@ def _check_study_records(uri: str, name: str, study: Study, num_trials: int) -> 
         cfg = study.config(m=int(params["m"]), seed=0)
         assert params == {
             k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.to_dict().items()
-        } | {"threads": "1"}
+        } | {"threads": "1", "device": "cpu"}  # a trial without a GPU runs on the CPU
         history = client.get_metric_history(run.info.run_id, "acc/avg")
         assert sorted(m.step for m in history) == [0, 1, 2]  # step = task index, each once
         assert len(client.get_metric_history(run.info.run_id, "acc/task_000")) == 3
@@ -85,40 +67,8 @@ def test_study_is_recorded_in_a_sqlite_store(tmp_path):
     _check_study_records(uri, "tracked", study, 2)
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/health")
-        yield f"http://127.0.0.1:{port}", proc
-    finally:
-        os.killpg(proc.pid, 9)
-        proc.wait()
-
-
 def test_study_is_recorded_on_a_tracking_server_and_resynced(tmp_path, mlflow_server):
-    url, _ = mlflow_server
+    url = mlflow_server.url
     study = Study.from_dict({**STUDY, "name": "served", "tracking_uri": url})
     run_study(study, storage=tmp_path / "studies")
     _check_study_records(url, "served", study, 2)
@@ -132,7 +82,7 @@ def test_study_is_recorded_on_a_tracking_server_and_resynced(tmp_path, mlflow_se
 
 
 def test_unreachable_tracking_server_fails_before_anything_runs(tmp_path):
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump({**STUDY, "tracking_uri": f"http://127.0.0.1:{port}"}))
     began = time.monotonic()
@@ -209,7 +159,7 @@ def test_ui_lists_the_trial_runs_in_a_browser(tmp_path):
     run_study(study, storage=tmp_path / "studies")
     _, _, trials = _runs(uri, "browsed")
     names = [run.info.run_name for run in trials]
-    port, devtools = _free_port(), _free_port()
+    port, devtools = free_port(), free_port()
     ui = subprocess.Popen(
         [*IMPRESS, "ui", "--store", uri, "--port", str(port), "--study", "browsed"],
         stdout=subprocess.PIPE,
@@ -222,7 +172,7 @@ def test_ui_lists_the_trial_runs_in_a_browser(tmp_path):
         printed = ui.stdout.readline() + ui.stdout.readline()
         assert f"http://127.0.0.1:{port}/#/experiments/" in printed  # the URL it prints ...
         url = printed.split()[-1]
-        _wait_http(f"http://127.0.0.1:{port}/health")  # ... is served on loopback
+        wait_http(f"http://127.0.0.1:{port}/health")  # ... is served on loopback
         browser = subprocess.Popen(
             [
                 CHROMIUM,
@@ -235,7 +185,7 @@ def test_ui_lists_the_trial_runs_in_a_browser(tmp_path):
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        _wait_http(f"http://127.0.0.1:{devtools}/json/version")
+        wait_http(f"http://127.0.0.1:{devtools}/json/version")
         shots = Path(os.environ.get("IMPRESS_SCREENSHOTS", tmp_path))
         shots.mkdir(parents=True, exist_ok=True)
         shot = shots / "mlflow_ui_experiment.png"
