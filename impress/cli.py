@@ -192,6 +192,54 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def _cmd_analysis(args: argparse.Namespace) -> int:
+    from impress.records import load_study, log_files
+    from impress.report import ReportError, mode_of, pareto_files, report_files
+
+    out = Path(args.out or Path("runs") / "reports" / args.study)
+    try:
+        records = load_study(args.study, uri=args.store)
+        if args.command == "report":
+            files = report_files(records, out, run=args.run, log=not args.no_log)
+            print(f"{records.name}: {len(records.trials)} trials, {int(records.trials['complete'].sum())} complete")
+            print((out / "report.md").read_text() if args.show else "")
+        else:
+            files, configs = pareto_files(records, out, x=args.x, y=args.y)
+            if not args.no_log:
+                log_files(records, files)
+            print(f"Pareto front of {args.y} ({mode_of(args.y)}) versus {args.x} ({mode_of(args.x)}):")
+            print(files[3].read_text())
+    except ReportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("wrote " + ", ".join(str(f) for f in files))
+    if not args.no_log:
+        print(f"and attached them to the study's MLflow run (artifacts analysis/) in {records.uri}")
+    return 0
+
+
+def _analysis_parsers(sub) -> None:
+    """`impress pareto | report STUDY`: figures and tables from a study's MLflow records (impress/report.py)."""
+    for command, text in (
+        ("pareto", "the Pareto front of a study (mean and spread over seeds), as PNG, HTML, CSV and Markdown"),
+        ("report", "a study's fronts, accuracy versus m, accuracy matrix, and the paper's comparison tables"),
+    ):
+        a = sub.add_parser(command, help=text, description=text)
+        a.add_argument("study", help="study name (its MLflow experiment)")
+        a.add_argument(
+            "--store", default=None, help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"
+        )
+        a.add_argument("--out", default=None, help="folder for the files (default: runs/reports/STUDY)")
+        a.add_argument("--no-log", action="store_true", help="do not attach the files to the study's MLflow run")
+        if command == "pareto":
+            a.add_argument("--x", default="bits/per_task", help="objective on the x axis (default: bits/per_task)")
+            a.add_argument("--y", default="acc/avg", help="objective on the y axis (default: acc/avg)")
+        else:
+            a.add_argument("--run", default=None, help="run name or id for the accuracy matrix (default: best acc/avg)")
+            a.add_argument("--show", action="store_true", help="print report.md")
+        a.set_defaults(func=_cmd_analysis)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="impress", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(func=_cmd_ui)
+    _analysis_parsers(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         # `impress run [config.yaml] [--key value ...]`: a leading bare word is the YAML file

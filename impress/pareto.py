@@ -1,12 +1,18 @@
-"""Non-dominated (Pareto) fronts over any number of objectives, each maximised or minimised."""
+"""Non-dominated (Pareto) fronts over any number of objectives, each maximised or minimised.
+
+`pareto_mask` works on points; `seed_front` on a study's trials: the seeds of one config are
+grouped, each objective is summarised by its mean, sample std and n, and the front is taken over
+the configs' means (a config is on the front for what it does on average, not in one lucky seed).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["pareto_mask"]
+__all__ = ["pareto_mask", "over_seeds", "seed_front"]
 
 
 def pareto_mask(points: np.ndarray | Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndarray:
@@ -28,3 +34,32 @@ def pareto_mask(points: np.ndarray | Sequence[Sequence[float]], modes: Sequence[
         dominated = np.any(np.all(others >= G[i], axis=1) & np.any(others > G[i], axis=1))
         front[i] = not dominated
     return front
+
+
+def over_seeds(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str]) -> pd.DataFrame:
+    """One row per config (the distinct values of the `by` columns): for each metric its mean over
+    the config's trials (column named as the metric), `<metric>_std` (sample std; NaN when n = 1),
+    `<metric>_n`, the trials with a value, and `n`, the config's trials; `seeds` lists their seeds.
+    Rows are in first-seen order."""
+    missing = [c for c in [*metrics, *by] if c not in trials]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the trials table (it has {sorted(trials.columns)})")
+    if not by:  # a single config
+        trials, by = trials.assign(config="all"), ["config"]
+    groups = trials.groupby(list(by), dropna=False, sort=False)
+    out = groups[list(metrics)].mean()
+    for m in metrics:
+        out[f"{m}_std"] = groups[m].std(ddof=1)
+        out[f"{m}_n"] = groups[m].count()  # trials with a value (a metric may be n/a for a method)
+    out["n"] = groups.size()
+    if "seed" in trials:
+        out["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+    return out.reset_index()
+
+
+def seed_front(trials: pd.DataFrame, objectives: dict[str, str], *, by: Sequence[str]) -> pd.DataFrame:
+    """`over_seeds` of the objectives plus `on_front`: is the config's mean non-dominated?
+    `objectives` maps metric -> "max" or "min", e.g. {"bits/per_task": "min", "acc/avg": "max"}."""
+    table = over_seeds(trials, list(objectives), by=by)
+    table["on_front"] = pareto_mask(table[list(objectives)].to_numpy(dtype=float), list(objectives.values()))
+    return table

@@ -1,13 +1,171 @@
-"""Figures: the Pareto front of per-task bits versus accuracy. Matplotlib, headless (Agg)."""
+"""Figures of studies and runs. Matplotlib, headless (Agg); each writes a PNG and returns a `Drawn`.
+
+    plot_pareto       every trial, the configs' means over seeds with their spread, the front
+    plot_front        the same with each trial its own config (a study's `pareto.png`)
+    plot_acc_vs_m     accuracy versus the number of impressions, a line per source of impressions
+    plot_acc_matrix   heatmap of one run's accuracy matrix R[t, j]
+    plot_task_curves  each task's accuracy as later tasks are learned
+
+A `Drawn` records where every data point landed in the PNG's pixels, which the interactive HTML
+(`impress.pagemap`) needs for its hover areas and which lets tests read the picture back.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_front"]
+from impress.pareto import over_seeds, seed_front
+
+__all__ = ["Drawn", "plot_pareto", "plot_front", "plot_acc_vs_m", "plot_acc_matrix", "plot_task_curves"]
+
+FRONT_COLOUR = "crimson"
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """A written figure: `points` has one row per drawn data point (`kind`, `label`, `tip`, and
+    `px`, `py` in pixels from the image's top-left); `boxes` the pixel boxes (x0, y0, x1, y1) of
+    the legend, axis labels and title."""
+
+    path: Path
+    size: tuple[int, int]  # (width, height) in pixels
+    points: pd.DataFrame
+    boxes: dict[str, tuple[float, float, float, float]]
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _save(fig, ax, path: str | Path, points: list[dict]) -> Drawn:
+    """Lay the figure out, map data points to pixels, write the PNG."""
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    H = fig.bbox.height
+    table = pd.DataFrame(points, columns=["kind", "label", "tip", "x", "y", "on_front"])
+    table["on_front"] = table["on_front"].astype(object).fillna(False).astype(bool)
+    if len(table):
+        xy = ax.transData.transform(table[["x", "y"]].to_numpy(dtype=float))
+        table["px"], table["py"] = xy[:, 0], H - xy[:, 1]
+    else:
+        table["px"], table["py"] = [], []
+
+    def box(artist) -> tuple[float, float, float, float]:
+        b = artist.get_window_extent(renderer)
+        return (b.x0, H - b.y1, b.x1, H - b.y0)
+
+    boxes = {"xlabel": box(ax.xaxis.label), "ylabel": box(ax.yaxis.label), "title": box(ax.title)}
+    if ax.get_legend() is not None:
+        boxes["legend"] = box(ax.get_legend())
+    path = Path(path)
+    fig.savefig(path, dpi=fig.dpi)
+    size = (int(round(fig.bbox.width)), int(round(H)))
+    plt.close(fig)
+    return Drawn(path, size, table, boxes)
+
+
+def _tip(row: pd.Series, by: Sequence[str], metrics: Sequence[str]) -> str:
+    parts = [f"{k}={row[k]}" for k in by if k in row.index and row[k] is not None]
+    parts += [f"{m}={row[m]:.4g}" for m in metrics if pd.notna(row[m])]
+    return "\n".join(parts)
+
+
+def plot_pareto(
+    trials: pd.DataFrame,
+    *,
+    x: str,
+    y: str,
+    x_mode: str,
+    y_mode: str,
+    by: Sequence[str],
+    title: str,
+    path: str | Path,
+    colour: str | None = None,
+    marker: str | None = None,
+    log_x: bool | None = None,
+) -> Drawn:
+    """Every trial (faint; incomplete ones hollow grey), each config's mean over seeds with ± one
+    sample std, and the non-dominated front of the complete configs' means joined in crimson.
+    `trials` needs x, y, `complete` and the `by` columns; `colour` / `marker` name columns that
+    tell configs apart (e.g. method and source of impressions). Log-scale x for bits by default."""
+    fig, ax = _figure(9.5, 5.2)
+    complete, other = trials[trials["complete"]], trials[~trials["complete"]]
+    keys = sorted(trials[colour].astype(str).unique()) if colour else [""]
+    palette = {k: f"C{i % 10}" for i, k in enumerate(keys)}
+    shapes = sorted(trials[marker].astype(str).unique()) if marker else [""]
+    style = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(shapes)}
+    colour_of = (lambda r: palette[str(r[colour])]) if colour else (lambda r: "C0")
+    marker_of = (lambda r: style[str(r[marker])]) if marker else (lambda r: "o")
+    points: list[dict] = []
+    for _, r in complete.iterrows():
+        ax.scatter(r[x], r[y], s=16, alpha=0.35, color=colour_of(r), marker=marker_of(r), lw=0)
+        points.append(
+            dict(kind="trial", label=r.get("run_name", ""), tip=_tip(r, [*by, "seed"], [x, y]), x=r[x], y=r[y])
+        )
+    if len(other):
+        ax.scatter(other[x], other[y], s=30, facecolors="none", edgecolors="grey", label="incomplete: not on the front")
+        for _, r in other.iterrows():
+            tip = _tip(r, [*by, "seed", "state"], [x, y])
+            points.append(dict(kind="incomplete", label=r.get("run_name", ""), tip=tip, x=r[x], y=r[y]))
+    front = pd.DataFrame()
+    if len(complete):
+        extra = [c for c in (colour, marker) if c and c not in by]
+        configs = seed_front(complete, {x: x_mode, y: y_mode}, by=[*by, *extra])
+        labelled: set[str] = set()
+        for _, r in configs.iterrows():
+            key = str(r[colour]) if colour else "config means"
+            ax.errorbar(
+                r[x],
+                r[y],
+                xerr=r[f"{x}_std"] if r["n"] > 1 else None,
+                yerr=r[f"{y}_std"] if r["n"] > 1 else None,
+                fmt=marker_of(r),
+                ms=7,
+                color=colour_of(r),
+                capsize=2,
+                label=None if key in labelled else key,
+            )
+            labelled.add(key)
+            tip = _tip(r, by, [x, y]) + f"\nmean over n={r['n']} seeds ({r.get('seeds', '')})"
+            points.append(dict(kind="config", label=key, tip=tip, x=r[x], y=r[y], on_front=bool(r["on_front"])))
+        front = configs[configs["on_front"]].sort_values(x)
+        n = f"n={front['n'].min()}" if front["n"].nunique() == 1 else f"n={front['n'].min()}-{front['n'].max()}"
+        ax.plot(
+            front[x],
+            front[y],
+            "-D",
+            color=FRONT_COLOUR,
+            lw=1.5,
+            ms=5,
+            zorder=5,
+            label=f"Pareto front (means, {n} seeds)",
+        )
+        ax.scatter([], [], s=16, alpha=0.35, color="grey", lw=0, label="every complete trial (faint)")
+    values = trials[x].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if log_x is None:
+        log_x = bool(len(values)) and (x.startswith("bits/") or values.max() / values.min() > 10)
+    if log_x and len(values):
+        ax.set_xscale("log")
+    ax.set_xlabel(x + (" (log scale)" if log_x else ""))
+    ax.set_ylabel(y)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, ax, path, points)
 
 
 def plot_front(
@@ -20,40 +178,92 @@ def plot_front(
     title: str,
     path: str | Path,
     group: str | None = None,
-) -> Path:
-    """Scatter every trial (stopped or failed ones hollow), the non-dominated front of the complete
-    ones highlighted and joined; log-scale x when it spans more than a decade. Writes a PNG."""
-    import matplotlib
+) -> Drawn:
+    """A study's own trials, each its own config (`state` column: stopped or failed ones hollow)."""
+    table = trials.assign(complete=trials["state"] == "complete")
+    colour = None
+    if group and group in trials:
+        table, colour = table.assign(colour=group + "=" + trials[group].astype(str)), "colour"
+    return plot_pareto(
+        table, x=x, y=y, x_mode=x_mode, y_mode=y_mode, by=["trial_id"], title=title, path=path, colour=colour
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    from impress.pareto import pareto_mask
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    complete = trials[trials["state"] == "complete"]
-    groups = sorted(complete[group].astype(str).unique()) if group and group in complete else [None]
-    for name in groups:
-        part = complete if name is None else complete[complete[group].astype(str) == name]
-        ax.scatter(part[x], part[y], s=28, alpha=0.75, label=f"{group}={name}" if name is not None else "trials")
-    other = trials[trials["state"] != "complete"]
-    if len(other):
-        ax.scatter(other[x], other[y], s=28, facecolors="none", edgecolors="grey", label="stopped early / failed")
-    if len(complete):
-        on = pareto_mask(complete[[x, y]].to_numpy(dtype=float), [x_mode, y_mode])
-        front = complete[on].sort_values(x)
-        ax.plot(front[x], front[y], "-o", color="crimson", lw=1.5, ms=7, mfc="none", mew=1.5, label="Pareto front")
-    values = trials[x].to_numpy(dtype=float)
-    values = values[np.isfinite(values) & (values > 0)]
-    if len(values) and values.max() / values.min() > 10:
-        ax.set_xscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.set_title(title)
+def plot_acc_vs_m(trials: pd.DataFrame, *, metric: str, lines: Sequence[str], title: str, path: str | Path) -> Drawn:
+    """`metric` (mean ± sample std over seeds) versus m, one line per value of the `lines` columns
+    (e.g. the source of impressions); complete trials only."""
+    fig, ax = _figure(8.0, 4.8)
+    complete = trials[trials["complete"]]
+    configs = over_seeds(complete, [metric], by=[*lines, "m"]) if len(complete) else complete
+    points: list[dict] = []
+    groups = configs.groupby(list(lines), sort=True, dropna=False) if lines else [("all", configs)]
+    for key, part in groups:
+        part = part.sort_values("m")
+        name = "~".join(f"{k}={v}" for k, v in zip(lines, key if isinstance(key, tuple) else (key,))) or "all"
+        n = f"n={part['n'].min()}" if part["n"].nunique() == 1 else f"n={part['n'].min()}-{part['n'].max()}"
+        yerr = part[f"{metric}_std"].where(part["n"] > 1)
+        ax.errorbar(part["m"], part[metric], yerr=yerr, fmt="-o", capsize=3, label=f"{name} ({n} seeds)")
+        for _, r in part.iterrows():
+            tip = f"{name}\nm={r['m']}\n{metric}={r[metric]:.4g} ± {r[f'{metric}_std']:.2g} (n={r['n']})"
+            points.append(dict(kind="config", label=name, tip=tip, x=r["m"], y=r[metric]))
+    ax.set_xlabel("m, impressions in the bank")
+    ax.set_ylabel(metric)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    if len(configs):
+        ax.set_xticks(sorted(configs["m"].unique()))
+        ax.legend(fontsize=8, loc="best")
+    return _save(fig, ax, path, points)
+
+
+def plot_acc_matrix(R: np.ndarray, *, title: str, path: str | Path) -> Drawn:
+    """Heatmap of R[t, j], accuracy on task j after learning task t (blank above the diagonal)."""
+    R = np.asarray(R, dtype=float)  # (T, T)
+    T = len(R)
+    fig, ax = _figure(2.0 + 0.42 * max(T, 10), 1.4 + 0.38 * max(T, 10))
+    image = ax.imshow(np.ma.masked_invalid(R), vmin=0.0, vmax=1.0, cmap="viridis")
+    fig.colorbar(image, ax=ax, label="accuracy")
+    points: list[dict] = []
+    for t in range(T):
+        for j in range(T):
+            if np.isfinite(R[t, j]):
+                if T <= 20:
+                    colour = "black" if R[t, j] > 0.6 else "white"
+                    ax.text(j, t, f"{R[t, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
+                points.append(
+                    dict(kind="cell", label=f"R[{t},{j}]", tip=f"after task {t}, task {j}: {R[t, j]:.4f}", x=j, y=t)
+                )
+    ticks = range(0, T, max(1, T // 10))
+    ax.set_xticks(list(ticks))
+    ax.set_yticks(list(ticks))
+    ax.set_xlabel("task evaluated (j)")
+    ax.set_ylabel("after learning task (t)")
+    ax.set_title(title, fontsize=10)
+    return _save(fig, ax, path, points)
+
+
+def plot_task_curves(R: np.ndarray, *, title: str, path: str | Path) -> Drawn:
+    """Each task's accuracy from when it is learned to the end of the stream, and the average over
+    the tasks seen so far (`acc/avg` at each step)."""
+    R = np.asarray(R, dtype=float)  # (T, T)
+    T = len(R)
+    fig, ax = _figure(8.5, 4.8)
+    points: list[dict] = []
+    for j in range(T):
+        steps = np.arange(j, T)
+        ax.plot(steps, R[j:, j], "-o", ms=3, lw=1, alpha=0.8, label=f"task {j}")
+        for t in steps:
+            if np.isfinite(R[t, j]):
+                points.append(
+                    dict(kind="cell", label=f"task {j}", tip=f"task {j} after task {t}: {R[t, j]:.4f}", x=t, y=R[t, j])
+                )
+    seen = [np.nanmean(R[t, : t + 1]) if np.isfinite(R[t, : t + 1]).any() else np.nan for t in range(T)]
+    ax.plot(range(T), seen, "-", color="black", lw=2.5, label="average over tasks seen")
+    ax.set_xlabel("tasks learned (t)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xticks(list(range(0, T, max(1, T // 10))))
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + T // 16, borderaxespad=0)
+    return _save(fig, ax, path, points)

@@ -1,0 +1,160 @@
+"""The paper's comparisons as tables of a study's trials: tidy CSV and Markdown, mean ± std (n).
+
+Every table is built twice: long (`config columns..., metric, mean, std, n`; the CSV) and wide with
+formatted cells (the Markdown). Only complete trials enter; the seeds of a config are grouped.
+
+    methods_table     SupSup versus ImpressLearn (and finetune): accuracy, bits per task, total bits
+    by_m_table        accuracy by m for heterogeneous / homogeneous / random impressions
+    inference_table   task-identity inference rules: identification and GNs / GNu accuracy
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from impress.pareto import over_seeds
+
+__all__ = [
+    "Table",
+    "varied_columns",
+    "variant",
+    "config_label",
+    "summarise",
+    "methods_table",
+    "by_m_table",
+    "inference_table",
+    "fmt",
+]
+
+METHOD_METRICS = ("acc/avg", "acc/avg_coeff_tasks", "bits/per_task", "bits/total")
+INFERENCE_METRICS = ("task_infer/acc", "acc/gns", "acc/gnu")
+NAMES = {"supsup": "SupSup", "impresslearn": "ImpressLearn", "finetune": "Finetune"}
+
+
+class Table:
+    """A long frame (one row per config and metric) and its wide, formatted rendering."""
+
+    def __init__(self, title: str, long: pd.DataFrame, index: list[str], columns: str) -> None:
+        self.title, self.long, self.index, self.columns = title, long, index, columns
+
+    def wide(self) -> pd.DataFrame:
+        cells = self.long.assign(cell=[fmt(r["mean"], r["std"], r["n"], r["metric"]) for _, r in self.long.iterrows()])
+        for c in self.index:  # NOTE: as text, so that a field a method ignores (None) keeps its row
+            cells[c] = cells[c].map(_cell)
+        order = list(dict.fromkeys(cells[self.columns]))
+        table = cells.pivot_table(index=self.index, columns=self.columns, values="cell", aggfunc="first", sort=False)
+        return table.reindex(columns=order).fillna("").reset_index()
+
+    def markdown(self) -> str:
+        wide = self.wide()
+        header = [str(c) for c in wide.columns]
+        lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in wide.itertuples(index=False)]
+        return "\n".join(lines)
+
+    def write(self, stem: Path) -> list[Path]:
+        """`<stem>.csv` (long) and `<stem>.md`; returns the paths."""
+        csv, md = stem.with_suffix(".csv"), stem.with_suffix(".md")
+        self.long.to_csv(csv, index=False)
+        md.write_text(self.markdown() + "\n")
+        return [csv, md]
+
+
+def _cell(value) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def fmt(mean: float, std: float, n: int, metric: str = "") -> str:
+    """`0.812 ± 0.004 (n=3)`; bits as integers with separators; no ± for a single trial."""
+    if n == 0 or mean is None or math.isnan(mean):
+        return "n/a"
+    bits = metric.startswith("bits/")
+    value = f"{mean:,.0f}" if bits else f"{mean:.3f}"
+    if n > 1 and not math.isnan(std) and not (bits and std == 0):
+        value += f" ± {std:,.0f}" if bits else f" ± {std:.3f}"
+    return f"{value} (n={n})"
+
+
+def varied_columns(trials: pd.DataFrame, candidates: Sequence[str]) -> list[str]:
+    """The config columns (of `candidates`) that take more than one value (None aside) among the
+    trials: what distinguishes one config of the study from another (seed and device never do)."""
+    out = []
+    for c in candidates:
+        if c in trials and c not in ("seed", "device", "threads"):
+            if trials[c].dropna().astype(str).nunique() > 1:  # None: a field the config's method ignores
+                out.append(c)
+    return out
+
+
+def variant(row: pd.Series) -> str:
+    """Method and, for ImpressLearn, where its impressions come from: `ImpressLearn heterogeneous`."""
+    method = row.get("method")
+    name = NAMES.get(method, str(method))
+    return f"{name} {row['impressions']}" if method == "impresslearn" and "impressions" in row else name
+
+
+def config_label(row: pd.Series, by: Sequence[str]) -> str:
+    """`key=value~key=value` of the distinguishing columns (the run-name convention)."""
+    return "~".join(f"{k}={_cell(row[k])}" for k in by if _cell(row[k])) or "all trials"
+
+
+def summarise(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str]) -> pd.DataFrame:
+    """Long form: the `by` columns, then metric, mean, std, n (only metrics the trials have)."""
+    metrics = [m for m in metrics if m in trials and trials[m].notna().any()]
+    if not metrics or not len(trials):
+        return pd.DataFrame(columns=[*by, "metric", "mean", "std", "n"])
+    agg = over_seeds(trials, metrics, by=by)
+    keys = list(by) or ["config"]
+    parts = [agg[keys].assign(metric=m, mean=agg[m], std=agg[f"{m}_std"], n=agg[f"{m}_n"]) for m in metrics]
+    return pd.concat(parts, ignore_index=True)
+
+
+def methods_table(trials: pd.DataFrame, *, by: Sequence[str]) -> Table:
+    """SupSup versus ImpressLearn: accuracy, bits per task, total bits after the stream, per config."""
+    keys = ["method", *[c for c in by if c != "method"]] if "method" in trials else list(by)
+    long = summarise(trials, METHOD_METRICS, by=keys)
+    if "method" in long:
+        order = {m: i for i, m in enumerate(NAMES)}  # SupSup, ImpressLearn, Finetune
+        long = long.sort_values("method", key=lambda s: s.map(order), kind="stable")
+        long["method"] = long["method"].map(lambda m: NAMES.get(m, m))
+    return Table("SupSup versus ImpressLearn: accuracy and stored bits", long, keys or ["config"], "metric")
+
+
+def by_m_table(trials: pd.DataFrame, *, by: Sequence[str], metric: str = "acc/avg") -> Table | None:
+    """ImpressLearn's `metric` by m (rows) and source of impressions (columns); None without m."""
+    il = trials[trials["method"] == "impresslearn"] if "method" in trials else trials
+    if not len(il) or "m" not in il or "impressions" not in il:
+        return None
+    others = [c for c in by if c not in ("m", "impressions", "method")]
+    long = summarise(il, [metric], by=[*others, "m", "impressions"])
+    long = long.sort_values([*others, "m"], kind="stable")
+    return Table(f"ImpressLearn {metric} by m and source of impressions", long, [*others, "m"], "impressions")
+
+
+def inference_table(trials: pd.DataFrame, *, by: Sequence[str]) -> Table | None:
+    """Per config and inference rule: task identified, GNs and GNu accuracy (keys `<metric>/<rule>`);
+    None when no trial inferred task identities (scenario GG)."""
+    rules = sorted({c.removeprefix("task_infer/acc/") for c in trials if c.startswith("task_infer/acc/")})
+    rules = [r for r in rules if not r.endswith("_single")]
+    if not rules:
+        return None
+    parts = []
+    for rule in rules:
+        renamed = trials.rename(columns={f"{m}/{rule}": f"{m} ({rule})" for m in INFERENCE_METRICS})
+        long = summarise(renamed, [f"{m} ({rule})" for m in INFERENCE_METRICS], by=by)
+        long["rule"] = rule
+        long["metric"] = long["metric"].str.replace(f" ({rule})", "", regex=False)
+        parts.append(long)
+    long = pd.concat(parts, ignore_index=True)
+    index = [*(list(by) or ["config"]), "rule"]
+    return Table(
+        "Task-identity inference rules (identified fraction; accuracy with inferred tasks)", long, index, "metric"
+    )

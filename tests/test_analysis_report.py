@@ -1,0 +1,242 @@
+"""`impress report` and `impress pareto` on a real small study (real Ray, real MLflow SQLite store);
+the figures are read back as images. PNGs are also saved to $IMPRESS_SCREENSHOTS for a person."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from impress.cli import main
+from impress.config import Config
+from impress.pareto import pareto_mask
+from impress.plots import plot_acc_matrix, plot_pareto
+from impress.records import acc_matrix, load_study
+from impress.report import prepare
+from impress.study import Study
+from impress.tracking import StudyTracker, TrackingError
+from impress.trainer import run
+from impress.tuner import run_study
+
+STUDY = {
+    "name": "reported",
+    "base": {"num_tasks": 3, "epochs": 2, "widths": [32, 32]},
+    "cases": [
+        {"method": "supsup"},
+        {"method": "impresslearn", "m": 1},
+        {"method": "impresslearn", "m": 2},
+        {"method": "impresslearn", "m": 2, "impressions": "random"},
+    ],
+    "seeds": [0, 1],
+    "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+}
+IMPRESS = [sys.executable, "-m", "impress.cli"]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The study's store and folder, plus one trial stopped after its first task (logged by hand)."""
+    root = tmp_path_factory.mktemp("report")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    run_study(Study.from_dict({**STUDY, "tracking_uri": uri}), storage=root / "studies")
+    tracker = StudyTracker(uri, study_name="reported")
+    cfg = Config.from_dict({**STUDY["base"], "m": 2, "seed": 5, "threads": 1})
+    tracker.trial_run("stopped_one", params=cfg.to_dict(), tags={"impress.run_name": "m=2~seed=5", "seed": "5"})
+    reports: list[dict] = []
+    run(cfg, report=reports.append)
+    tracker.log_task("stopped_one", reports[0])
+    tracker.finish_trial("stopped_one", state="stopped", results_dir=None, extra_tags={})
+    return root, uri
+
+
+def _shots(tmp: Path) -> Path:
+    shots = Path(os.environ.get("IMPRESS_SCREENSHOTS", tmp))
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def _rgb(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(int)  # (H, W, 3)
+
+
+def _near(img: np.ndarray, px: float, py: float, test, r: int = 3) -> bool:
+    y, x = int(round(py)), int(round(px))
+    patch = img[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].reshape(-1, 3)
+    return bool(any(test(p) for p in patch))
+
+
+def _crimson(p) -> bool:
+    target = np.array([220, 20, 60])  # matplotlib's "crimson"
+    return np.abs(p - target).max() < 40
+
+
+def _inked(p) -> bool:
+    return p.min() < 180  # a colour or ink: neither the white background nor the light grey grid
+
+
+def test_report_writes_the_files_and_logs_them(study, tmp_path):
+    root, uri = study
+    out = tmp_path / "report"
+    proc = subprocess.run(
+        [*IMPRESS, "report", "reported", "--store", uri, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "9 trials, 8 complete" in proc.stdout
+    stem = "acc_avg_vs_bits_per_task"
+    expected = {
+        "report.md",
+        "trials.csv",
+        f"pareto_{stem}.png",
+        f"pareto_{stem}.html",
+        f"front_{stem}.csv",
+        f"front_{stem}.md",
+        "pareto_acc_avg_vs_bits_total.png",
+        "acc_vs_m_acc_avg.png",
+        "acc_vs_m_acc_avg.html",
+        "acc_matrix.png",
+        "task_curves.png",
+        "table_methods.csv",
+        "table_methods.md",
+        "table_by_m_acc_avg.md",
+    }
+    assert expected <= {p.name for p in out.iterdir()}
+    # the stopped trial is listed and flagged, but enters no mean: every config has its 2 seeds
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 9 and trials["complete"].sum() == 8
+    assert trials.loc[~trials["complete"], "state"].tolist() == ["stopped"]
+    front = pd.read_csv(out / f"front_{stem}.csv")
+    assert len(front) == 4 and (front["n"] == 2).all() and (front["acc/avg_n"] == 2).all()
+    # means over seeds and the front, recomputed here from the trials' own results.json
+    results = [json.loads(p.read_text()) for p in (root / "studies" / "reported" / "results").glob("*/results.json")]
+    assert len(results) == 8
+    rows = (
+        pd.DataFrame(
+            {
+                "key": [f"{r['config']['method']}/{r['config']['impressions']}/{r['config']['m']}" for r in results],
+                "acc": [r["metrics"]["acc/avg"] for r in results],
+                "bits": [r["overhead"]["per_task_bits"] for r in results],
+            }
+        )
+        .groupby("key")[["acc", "bits"]]
+        .mean()
+    )
+    assert sorted(front["acc/avg"].round(9)) == sorted(rows["acc"].round(9))
+    on = pareto_mask(rows[["acc", "bits"]].to_numpy(), ["max", "min"])
+    assert sorted(front.loc[front["on_front"], "acc/avg"].round(9)) == sorted(rows["acc"][on].round(9))
+    # every reported mean carries its n; the SupSup versus ImpressLearn table has all four configs
+    methods = (out / "table_methods.md").read_text()
+    assert methods.count("(n=2)") >= 4 * 3 and "| SupSup |" in methods
+    assert re.search(
+        r"\| 2 \| [0-9.]+ ± [0-9.]+ \(n=2\) \| [0-9.]+ ± [0-9.]+ \(n=2\) \|",
+        (out / "table_by_m_acc_avg.md").read_text(),
+    )
+    # the files are attached to the study's parent run
+    client = MlflowClient(tracking_uri=uri)
+    parent = load_study("reported", uri=uri).parent_run_id
+    logged = {Path(a.path).name for a in client.list_artifacts(parent, "analysis")}
+    assert expected <= logged
+    shots = _shots(tmp_path)
+    for name in (f"pareto_{stem}.png", "acc_vs_m_acc_avg.png", "acc_matrix.png", "task_curves.png"):
+        shutil.copy(out / name, shots / f"analysis_{name}")
+
+
+def test_pareto_png_shows_every_trial_and_the_front(study, tmp_path):
+    root, uri = study
+    out = tmp_path / "pareto"
+    assert main(["pareto", "reported", "--store", uri, "--out", str(out), "--no-log"]) == 0
+    page = (out / "pareto_acc_avg_vs_bits_per_task.html").read_text()
+    img = _rgb(out / "pareto_acc_avg_vs_bits_per_task.png")
+    width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', page).groups())
+    assert img.shape == (height, width, 3) and width >= 800 and height >= 450
+    assert (img.min(axis=2) < 250).mean() > 0.02  # not blank
+    areas = re.findall(
+        r'<area shape="circle" coords="(\d+),(\d+),\d+" title="([^"]*)"[^>]*data-kind="(\w+)" data-front="(\d)"', page
+    )
+    kinds = pd.Series([a[3] for a in areas]).value_counts().to_dict()
+    assert kinds == {"trial": 8, "config": 4, "incomplete": 1}
+    front = pd.read_csv(out / "front_acc_avg_vs_bits_per_task.csv")
+    on_front = [a for a in areas if a[4] == "1"]
+    assert len(on_front) == front["on_front"].sum() >= 2
+    for x, y, tip, _, _ in on_front:  # the front's points are drawn in its colour where they are
+        assert _near(img, float(x), float(y), _crimson), (x, y, tip)
+    for x, y, tip, kind, _ in areas:
+        assert _near(img, float(x), float(y), _inked), (x, y, kind)  # every trial is drawn
+        assert "method=" in tip and "acc/avg=" in tip  # hovering shows the config and its values
+    # crimson only near the front: off it, no point is drawn in the front's colour
+    for x, y, tip, kind, front_flag in areas:
+        if kind == "config" and front_flag == "0":
+            assert not _near(img, float(x), float(y), _crimson, r=1), tip
+
+    # labelled axes and a legend: their boxes in the picture hold ink
+    trials, by = prepare(load_study("reported", uri=uri))
+    drawn = plot_pareto(
+        trials,
+        x="bits/per_task",
+        y="acc/avg",
+        x_mode="min",
+        y_mode="max",
+        by=by,
+        title="t",
+        path=tmp_path / "again.png",
+        colour="variant",
+        marker="method",
+    )
+    again = _rgb(drawn.path)
+    for name in ("xlabel", "ylabel", "legend"):
+        x0, y0, x1, y1 = (int(v) for v in drawn.boxes[name])
+        assert 0 <= x0 < x1 <= drawn.size[0] and 0 <= y0 < y1 <= drawn.size[1], name
+        assert (again[y0:y1, x0:x1].min(axis=2) < 120).sum() > 30, name
+    legend = again[int(drawn.boxes["legend"][1]) : int(drawn.boxes["legend"][3]), int(drawn.boxes["legend"][0]) :]
+    assert any(_crimson(p) for p in legend.reshape(-1, 3))  # the front has its legend entry
+    shutil.copy(out / "pareto_acc_avg_vs_bits_per_task.png", _shots(tmp_path) / "analysis_pareto_cli.png")
+
+
+def test_accuracy_matrix_matches_the_trial_and_is_drawn(study, tmp_path):
+    root, uri = study
+    records = load_study("reported", uri=uri)
+    row = records.trials[records.trials["complete"]].iloc[0]
+    R = acc_matrix(uri, row["run_id"])
+    stored = json.loads((root / "studies" / "reported" / "results" / row["trial_id"] / "results.json").read_text())
+    np.testing.assert_array_equal(R, np.array(stored["acc_matrix"], dtype=float))
+    drawn = plot_acc_matrix(R, title="R", path=tmp_path / "R.png")
+    img = _rgb(drawn.path)
+    assert img.shape[:2] == drawn.size[::-1]
+    cells = drawn.points
+    assert len(cells) == 6  # the lower triangle of a 3-task matrix
+    for _, c in cells.iterrows():  # a filled cell is coloured, not background
+        assert not np.all(img[int(c["py"]) - 8, int(c["px"])] > 245)
+    stopped = records.trials[~records.trials["complete"]].iloc[0]
+    partial = acc_matrix(uri, stopped["run_id"])
+    assert np.isfinite(partial[0, 0]) and np.isnan(partial[1:]).all()  # one task learned, the rest unknown
+
+
+def test_clear_errors(study, tmp_path, capsys):
+    root, uri = study
+    assert main(["report", "nosuch", "--store", uri, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no study 'nosuch' in the MLflow store" in err and "it holds: reported" in err
+    # a study whose only trial stopped early
+    tracker = StudyTracker(uri, study_name="unfinished")
+    tracker.trial_run("t0", params=Config(num_tasks=3, m=2).to_dict(), tags={})
+    tracker.log_task("t0", {"step": 0, "acc/avg": 0.5, "bits/per_task": 10})
+    tracker.finish_trial("t0", state="stopped", results_dir=None, extra_tags={})
+    assert main(["pareto", "unfinished", "--store", uri, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "study 'unfinished'" in err and "has no complete trial (1 stopped)" in err
+    assert main(["pareto", "reported", "--store", uri, "--out", str(tmp_path), "--y", "acc/nope", "--no-log"]) == 2
+    assert "no complete trial has ['acc/nope']; its metrics are" in capsys.readouterr().err
+    with pytest.raises(TrackingError, match="holds no studies"):
+        load_study("x", uri=f"sqlite:///{tmp_path / 'empty.db'}")
