@@ -75,7 +75,8 @@ def main() -> int:
                 began = time.perf_counter()
                 result = run(cfg)
                 secs.append(time.perf_counter() - began)
-                result.write(out / f"stream={stream}~{cfg.run_name()}")
+                name = cfg.run_name()  # names the stream only when it is not the default
+                result.write(out / (name if name.startswith("stream=") else f"stream={stream}~{name}"))
                 accs.append(result.metrics["acc/avg"])
                 coeff.append(result.metrics["acc/avg_coeff_tasks"])
                 forget.append(result.metrics["forgetting"])
