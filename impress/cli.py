@@ -17,6 +17,7 @@ import yaml
 
 from impress.checkpoint import CheckpointError
 from impress.config import Config, ConfigError
+from impress.jobs import ClusterError
 from impress.study import StudyError
 from impress.tracking import TrackingError
 
@@ -132,7 +133,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
         if args.trials is not None:
             study = dataclasses.replace(study, trials=args.trials)
         existing = study_dir(args.storage, study.name) / "study.yaml"
-        if args.resume and existing.exists():
+        # NOTE: a study stopped before Tune saved any state (e.g. a cluster job stopped at once) starts afresh
+        if args.resume and existing.exists() and (existing.parent / "tune").exists():
             if Study.from_yaml(existing) != study:
                 raise StudyError(
                     f"{args.target} differs from the study of that name in {existing.parent}; "
@@ -190,6 +192,50 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     ]
     os.execv(sys.executable, command)  # the server replaces this process; signals reach it directly
     return 0  # pragma: no cover
+
+
+def _cmd_cluster(args: argparse.Namespace) -> int:
+    from impress import jobs
+
+    if args.command == "submit":
+        return jobs.submit(
+            args.study,
+            address=args.address,
+            storage=args.storage,
+            working_dir=args.working_dir,
+            tracking_uri=args.tracking_uri,
+            follow=not args.no_wait,
+        )
+    if args.command == "status":
+        return jobs.status(args.name, address=args.address, follow=args.follow)
+    return jobs.stop(args.name, address=args.address)
+
+
+def _cluster_parsers(sub) -> None:
+    """`impress submit | status | stop`: a study as a Ray job on a cluster (impress/jobs.py)."""
+    import os
+
+    from impress.jobs import DEFAULT_ADDRESS, DEFAULT_STORAGE
+
+    address = os.environ.get("RAY_API_SERVER_ADDRESS", DEFAULT_ADDRESS)
+    help_address = f"the head's Ray Jobs API (default: $RAY_API_SERVER_ADDRESS, else {DEFAULT_ADDRESS})"
+    c = sub.add_parser("submit", help="run a study on a Ray cluster (resumes it if it ran before)")
+    c.add_argument("study", help="study file, inside the working directory that is uploaded")
+    c.add_argument("--address", default=address, help=help_address)
+    c.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"shared folder on the cluster (default: {DEFAULT_STORAGE})"
+    )
+    c.add_argument("--working-dir", default=".", help="project folder uploaded as the job's working directory")
+    c.add_argument("--tracking-uri", default=None, help="MLflow store as seen from the head (default: the head's)")
+    c.add_argument("--no-wait", action="store_true", help="return once submitted instead of streaming the log")
+    for command, text in (("status", "show a submitted study's attempts"), ("stop", "stop a submitted study")):
+        c = sub.add_parser(command, help=text)
+        c.add_argument("name", help="study name")
+        c.add_argument("--address", default=address, help=help_address)
+        if command == "status":
+            c.add_argument("--follow", action="store_true", help="stream the latest attempt's log until it ends")
+    for command in ("submit", "status", "stop"):
+        sub.choices[command].set_defaults(func=_cmd_cluster)
 
 
 def _cmd_analysis(args: argparse.Namespace) -> int:
@@ -278,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     u.add_argument("--port", type=int, default=5000)
     u.set_defaults(func=_cmd_ui)
+    _cluster_parsers(sub)
     _analysis_parsers(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
@@ -288,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
-    except (ConfigError, StudyError, CheckpointError, TrackingError, FileNotFoundError) as err:
+    except (ConfigError, StudyError, CheckpointError, TrackingError, ClusterError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -32,10 +33,13 @@ def provenance(device: str | torch.device = "cpu") -> dict[str, object]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    commit, status = _git("rev-parse", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
+    dirty = None if status is None else bool(status)
+    if commit is None and os.environ.get("IMPRESS_GIT_COMMIT"):  # code uploaded without .git (a cluster job)
+        commit, dirty = os.environ["IMPRESS_GIT_COMMIT"], os.environ.get("IMPRESS_GIT_DIRTY") == "True"
     return {
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        "git_commit": commit,
+        "git_dirty": dirty,
         "versions": versions,
         "python": platform.python_version(),
         "host": platform.node(),

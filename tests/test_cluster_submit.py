@@ -1,0 +1,245 @@
+"""`impress submit | status | stop` against a real two-node Ray cluster on this machine.
+
+Two `ray start` nodes (head plus one joined with `--address`), token authentication on, the real
+Jobs API and a real SQLite MLflow store; no mocks. Ports are picked free (no default Ray port), the
+dashboard listens on 127.0.0.1, and the cluster is always torn down, also when the test fails.
+
+NOTE: teardown kills exactly this cluster's processes (those carrying its marker in their
+environment or command line, and their descendants) rather than `ray stop --force`, which would
+also end any other Ray running on the machine. Ray maps `--node-ip-address 127.0.0.1` to the host's
+routable address (ray._private.services.resolve_ip_for_localhost); only the dashboard binds loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+VENV_BIN = Path(sys.executable).parent
+PROJECT = Path(__file__).resolve().parents[1]
+STUDY = {
+    "name": "cluster_smoke",
+    "question": "does a study spread over both nodes, survive a stop, and land in MLflow?",
+    "base": {"stream": "permuted", "num_tasks": 8, "epochs": 5, "widths": [32, 32], "m": 2},
+    "grid": {"granularity": ["global", "layer"]},
+    "seeds": [0, 1],
+    "concurrency": 2,
+    "resources": {"cpu": 1},
+}
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _our_processes(mark: str) -> set[int]:
+    """Processes with `mark` in their environment or command line, and all their descendants."""
+    parents, marked = {}, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if mark.encode() in (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes():
+                marked.add(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    while grown := {pid for pid, parent in parents.items() if parent in marked} - marked:
+        marked |= grown
+    return marked - {os.getpid()}
+
+
+def _kill(mark: str) -> None:
+    for sig, pause in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.5)):
+        for pid in _our_processes(mark):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(pause)
+
+
+class Cluster:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        token = root / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = {
+            **os.environ,
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in the job's entrypoint
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(token),
+            "IMPRESS_TEST_CLUSTER": str(root),  # the teardown's marker
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        (self.gcs, self.dashboard, self.client_port, *self.node_ports) = _free_ports(3 + 2 * 6)
+        self.address = f"http://127.0.0.1:{self.dashboard}"
+
+    def _node(self, ports: list[int], head: bool) -> list[str]:
+        command = [str(VENV_BIN / "ray"), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
+        command += ["--num-gpus", "0", "--temp-dir", str(self.root / "ray"), "--disable-usage-stats"]
+        if head:
+            command += ["--head", "--port", str(self.gcs), "--dashboard-host", "127.0.0.1"]
+            command += ["--dashboard-port", str(self.dashboard), "--ray-client-server-port", str(self.client_port)]
+        else:
+            command += ["--address", f"127.0.0.1:{self.gcs}"]
+        names = ["node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export"]
+        names += ["runtime-env-agent"]
+        return command + [arg for name, port in zip(names, ports) for arg in (f"--{name}-port", str(port))]
+
+    def start(self) -> None:
+        for ports, head in ((self.node_ports[:6], True), (self.node_ports[6:], False)):
+            subprocess.run(self._node(ports, head), env=self.env, check=True, capture_output=True, timeout=120)
+        deadline = time.monotonic() + 60
+        while len(self.alive_nodes()) < 2:
+            assert time.monotonic() < deadline, "the second node never joined"
+            time.sleep(1)
+
+    def ray_list(self, kind: str, *filters: str) -> list[dict]:
+        command = [str(VENV_BIN / "ray"), "list", kind, "--address", self.address, "--format", "json"]
+        command += ["--detail", "--limit", "1000"] + [a for f in filters for a in ("--filter", f)]
+        out = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        try:
+            return json.loads(out.stdout[out.stdout.find("[") :]) if out.returncode == 0 else []
+        except json.JSONDecodeError:  # a partial answer while the cluster is busy: ask again later
+            return []
+
+    def alive_nodes(self) -> list[dict]:
+        return self.ray_list("nodes", "state=ALIVE")
+
+    def impress(self, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+        command = [str(VENV_BIN / "impress"), *args, "--address", self.address]
+        return subprocess.run(
+            command, env=env or self.env, cwd=self.root / "project", capture_output=True, text=True, timeout=timeout
+        )
+
+
+@pytest.fixture
+def cluster():
+    root = Path(tempfile.mkdtemp(prefix="ic", dir="/tmp"))  # short: Ray's socket paths live under it
+    c = Cluster(root)
+    try:
+        c.start()
+        yield c
+    finally:
+        _kill(str(root))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _project(root: Path) -> Path:
+    """A project folder to upload: the package and the study file (what `impress submit` sends)."""
+    project = root / "project"
+    shutil.copytree(PROJECT / "impress", project / "impress", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(PROJECT / "pyproject.toml", project)
+    (project / "studies").mkdir()
+    (project / "studies" / "smoke.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
+    return project
+
+
+class ActorWatcher(threading.Thread):
+    """Records which node each trial worker (pid) runs on, every couple of seconds."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.stop, self.node_of = cluster, threading.Event(), {}
+
+    def run(self) -> None:
+        while not self.stop.wait(2.0):
+            for actor in self.cluster.ray_list("actors", "class_name=ImplicitFunc"):
+                self.node_of[actor["pid"]] = actor["node_id"]
+
+
+def test_study_runs_on_two_nodes_survives_a_stop_and_lands_in_mlflow(cluster):
+    _project(cluster.root)
+    watcher = ActorWatcher(cluster)
+    watcher.start()
+    storage, store = cluster.root / "shared" / "studies", f"sqlite:///{cluster.root / 'shared' / 'mlflow.db'}"
+    submit = ["submit", "studies/smoke.yaml", "--storage", str(storage), "--tracking-uri", store]
+    name, results = STUDY["name"], storage / STUDY["name"] / "results"
+
+    # token authentication is on: a wrong token is refused, with a message that says what to do
+    wrong = cluster.impress("status", name, env={**cluster.env, "RAY_AUTH_TOKEN": "not-the-token"})
+    assert wrong.returncode == 2 and "auth_token" in wrong.stderr, wrong.stderr
+
+    first = cluster.impress(*submit, "--no-wait")
+    assert first.returncode == 0 and f"{name}-1" in first.stderr, first.stderr
+    again = cluster.impress(*submit, "--no-wait")  # no double submission while an attempt is live
+    assert again.returncode == 2 and "already running" in again.stderr, again.stderr
+
+    deadline = time.monotonic() + 300  # interrupt the study once a trial has reported its first task
+    while not any(r.stat().st_size for r in (storage / name / "tune").glob("*/result.json")):
+        assert time.monotonic() < deadline, cluster.impress("status", name).stdout
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    stopped = cluster.impress("stop", name)
+    stop_s = time.monotonic() - t0
+    assert stopped.returncode == 0 and "STOPPED" in stopped.stderr, stopped.stderr
+    finished_before = len(list(results.iterdir()))
+    assert finished_before < 4, "the study finished before it could be interrupted"
+
+    second = cluster.impress(*submit)  # the next attempt resumes the study and streams its log
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert f"{name}-2" in second.stderr and "Pareto front" in second.stdout
+
+    status = cluster.impress("status", name)
+    assert status.returncode == 0
+    assert [line.split()[:2] for line in status.stdout.splitlines()] == [
+        [f"{name}-1", "STOPPED"],
+        [f"{name}-2", "SUCCEEDED"],
+    ]
+
+    trials = pd.read_csv(storage / name / "trials.csv")
+    assert len(trials) == 4 and set(trials["state"]) == {"complete"} and trials["trial_id"].is_unique
+    assert trials["resumed_from"].max() >= 1  # an interrupted trial continued after its last finished task
+    assert sorted(p.name for p in results.iterdir()) == sorted(trials["trial_id"])
+
+    # the trials ran on both nodes: each trial's worker pid (Tune's record) -> its actor's node, as
+    # seen while the actors lived (Ray forgets a stopped job's actors)
+    watcher.stop.set()
+    watcher.join()
+    pids = {
+        json.loads(line)["pid"]
+        for record in (storage / name / "tune").glob("*/result.json")
+        for line in record.read_text().splitlines()
+        if line
+    }
+    nodes = {watcher.node_of[pid] for pid in pids if pid in watcher.node_of}
+    assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s) ({len(pids)} worker pids, {watcher.node_of})"
+    print(f"\n{finished_before} of 4 trials finished before the stop; trial workers on {len(nodes)} nodes;")
+    print(f"resumed from tasks {sorted(trials['resumed_from'])}; stop took {stop_s:.1f} s")
+
+    # every trial is in MLflow exactly once, complete, under the study's parent run
+    client = MlflowClient(tracking_uri=store)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 4
+    assert {r.data.tags["impress.state"] for r in children} == {"complete"}
+    assert sorted(r.data.tags["impress.trial_id"] for r in children) == sorted(trials["trial_id"])
+    assert all("token" not in k.lower() for r in runs for k in [*r.data.params, *r.data.tags])
