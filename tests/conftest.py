@@ -82,3 +82,12 @@ def mlflow_server(tmp_path):
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def cluster():
+    """A real two-node Ray cluster with token auth on this machine (tests/raycluster.py)."""
+    from raycluster import two_node_cluster
+
+    with two_node_cluster() as c:
+        yield c

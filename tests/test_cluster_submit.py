@@ -3,24 +3,13 @@
 Two `ray start` nodes (head plus one joined with `--address`), token authentication on, the real
 Jobs API and a real SQLite MLflow store; no mocks. Ports are picked free (no default Ray port), the
 dashboard listens on 127.0.0.1, and the cluster is always torn down, also when the test fails.
-
-NOTE: teardown kills exactly this cluster's processes (those carrying its marker in their
-environment or command line, and their descendants) rather than `ray stop --force`, which would
-also end any other Ray running on the machine. Ray maps `--node-ip-address 127.0.0.1` to the host's
-routable address (ray._private.services.resolve_ip_for_localhost); only the dashboard binds loopback.
+The cluster harness is `tests/raycluster.py`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,10 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from raycluster import Cluster
 
 pytestmark = pytest.mark.slow
 
-VENV_BIN = Path(sys.executable).parent
 PROJECT = Path(__file__).resolve().parents[1]
 STUDY = {
     "name": "cluster_smoke",
@@ -43,113 +32,6 @@ STUDY = {
     "concurrency": 2,
     "resources": {"cpu": 1},
 }
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _our_processes(mark: str) -> set[int]:
-    """Processes with `mark` in their environment or command line, and all their descendants."""
-    parents, marked = {}, set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if mark.encode() in (entry / "environ").read_bytes() + (entry / "cmdline").read_bytes():
-                marked.add(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    while grown := {pid for pid, parent in parents.items() if parent in marked} - marked:
-        marked |= grown
-    return marked - {os.getpid()}
-
-
-def _kill(mark: str) -> None:
-    for sig, pause in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.5)):
-        for pid in _our_processes(mark):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(pause)
-
-
-class Cluster:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        token = root / "auth_token"
-        token.write_text(secrets.token_hex(32))
-        token.chmod(0o600)
-        self.env = {
-            **os.environ,
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",  # `python` in the job's entrypoint
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token),
-            "IMPRESS_TEST_CLUSTER": str(root),  # the teardown's marker
-            "RAY_USAGE_STATS_ENABLED": "0",
-        }
-        self.env.pop("RAY_ADDRESS", None)
-        (self.gcs, self.dashboard, self.client_port, *self.node_ports) = _free_ports(3 + 2 * 6)
-        self.address = f"http://127.0.0.1:{self.dashboard}"
-
-    def _node(self, ports: list[int], head: bool) -> list[str]:
-        command = [str(VENV_BIN / "ray"), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
-        command += ["--num-gpus", "0", "--temp-dir", str(self.root / "ray"), "--disable-usage-stats"]
-        if head:
-            command += ["--head", "--port", str(self.gcs), "--dashboard-host", "127.0.0.1"]
-            command += ["--dashboard-port", str(self.dashboard), "--ray-client-server-port", str(self.client_port)]
-        else:
-            command += ["--address", f"127.0.0.1:{self.gcs}"]
-        names = ["node-manager", "object-manager", "dashboard-agent-listen", "dashboard-agent-grpc", "metrics-export"]
-        names += ["runtime-env-agent"]
-        return command + [arg for name, port in zip(names, ports) for arg in (f"--{name}-port", str(port))]
-
-    def start(self) -> None:
-        for ports, head in ((self.node_ports[:6], True), (self.node_ports[6:], False)):
-            subprocess.run(self._node(ports, head), env=self.env, check=True, capture_output=True, timeout=120)
-        deadline = time.monotonic() + 60
-        while len(self.alive_nodes()) < 2:
-            assert time.monotonic() < deadline, "the second node never joined"
-            time.sleep(1)
-
-    def ray_list(self, kind: str, *filters: str) -> list[dict]:
-        command = [str(VENV_BIN / "ray"), "list", kind, "--address", self.address, "--format", "json"]
-        command += ["--detail", "--limit", "1000"] + [a for f in filters for a in ("--filter", f)]
-        out = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
-        try:
-            return json.loads(out.stdout[out.stdout.find("[") :]) if out.returncode == 0 else []
-        except json.JSONDecodeError:  # a partial answer while the cluster is busy: ask again later
-            return []
-
-    def alive_nodes(self) -> list[dict]:
-        return self.ray_list("nodes", "state=ALIVE")
-
-    def impress(self, *args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-        command = [str(VENV_BIN / "impress"), *args, "--address", self.address]
-        return subprocess.run(
-            command, env=env or self.env, cwd=self.root / "project", capture_output=True, text=True, timeout=timeout
-        )
-
-
-@pytest.fixture
-def cluster():
-    root = Path(tempfile.mkdtemp(prefix="ic", dir="/tmp"))  # short: Ray's socket paths live under it
-    c = Cluster(root)
-    try:
-        c.start()
-        yield c
-    finally:
-        _kill(str(root))
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _project(root: Path) -> Path:
