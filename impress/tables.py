@@ -69,7 +69,9 @@ def _cell(value) -> str:
         return ",".join(map(str, value))
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if isinstance(value, float):  # a searched float: 4 significant digits name it well enough
+        return str(int(value)) if value.is_integer() else f"{value:.4g}"
+    return str(value)
 
 
 def fmt(mean: float, std: float, n: int, metric: str = "") -> str:
