@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,11 @@ class Study:
             kw["early_stopping"] = _early_stopping(es)
         if (uri := data.get("tracking_uri")) is not None and not isinstance(uri, str):
             raise StudyError(f"tracking_uri: expected a string, got {uri!r}")
+        if uri is not None and urllib.parse.urlsplit(uri).password is not None:
+            raise StudyError(
+                "tracking_uri: holds a password, and the study file is logged with the study; give the "
+                "credentials as MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead"
+            )
         kw["tracking_uri"] = uri
         study = cls(**kw)
         study._check()
@@ -300,6 +307,11 @@ def _param(name: str, spec: Any) -> Param:
     kind = _choice(kind, ("int", "float", "categorical"), f"{where}.type")
     if kind == "categorical":
         choices = _values(spec.get("choices"), f"{where}.choices")
+        if odd := [c for c in choices if not (c is None or isinstance(c, (bool, int, float, str)))]:
+            raise StudyError(
+                f"{where}.choices: Optuna samples numbers, strings, booleans or null, got {odd[0]!r}; "
+                f"write a list as a string (e.g. '32,32')"
+            )
         if extra := sorted(set(spec) - {"type", "choices"}):
             raise StudyError(f"{where}: {extra} do not apply to a categorical parameter")
         return Param(name, kind, choices=choices)
@@ -320,6 +332,16 @@ def _param(name: str, spec: Any) -> Param:
         step = _number(step, f"{where}.step")
         if step <= 0 or log:
             raise StudyError(f"{where}.step: must be positive and cannot be combined with log")
+        if kind == "int" and not float(step).is_integer():
+            raise StudyError(f"{where}.step: an int parameter needs a whole step, got {step}")
+        # NOTE: Optuna would silently lower `high` to the last multiple of the step (never sampling it)
+        steps = (high - low) / step
+        if abs(steps - round(steps)) > 1e-9:
+            last = round(low + step * math.floor(steps + 1e-9), 12)
+            raise StudyError(
+                f"{where}.step: {step} does not divide high - low ({high} - {low}), so {high} could never "
+                f"be sampled; use high: {last} or another step"
+            )
     if kind == "int":
         low, high = int(low), int(high)
     return Param(name, kind, low=low, high=high, log=log, step=step)
