@@ -17,7 +17,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrackingError", "StudyTracker", "default_tracking_uri", "check_reachable", "sync_from_tune"]
+__all__ = ["TrackingError", "StudyTracker", "default_tracking_uri", "check_reachable", "sync_from_tune", "redact"]
 
 TRIAL_TAG = "impress.trial_id"
 KIND_TAG = "impress.kind"  # "study" for the parent run, "trial" for a trial's run
@@ -36,6 +36,15 @@ def default_tracking_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{Path('mlflow.db').resolve()}"
 
 
+def redact(uri: str) -> str:
+    """The URI as it may be printed: a password in it (`http://user:PASSWORD@host`) becomes `***`."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password is None:
+        return uri
+    host = parsed.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parsed._replace(netloc=f"{parsed.username}:***@{host}"))
+
+
 def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
     """Fail early and clearly when a tracking server cannot be reached (a SQLite file always can)."""
     parsed = urllib.parse.urlparse(uri)
@@ -52,7 +61,7 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
             pass
     except OSError as err:
         raise TrackingError(
-            f"MLflow tracking server {uri} is unreachable ({err}); start it, or point the study's "
+            f"MLflow tracking server {redact(uri)} is unreachable ({err}); start it, or point the study's "
             f"`tracking_uri` / MLFLOW_TRACKING_URI elsewhere. Nothing has run yet."
         ) from None
 
@@ -60,6 +69,8 @@ def check_reachable(uri: str, *, timeout: float = 5.0) -> None:
 def _client(uri: str):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    if redact(uri) != uri:  # NOTE: MLflow prints "View run at <uri>" links, password and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -93,7 +104,7 @@ class StudyTracker:
             else:
                 exp_id = experiment.experiment_id
         except Exception as err:
-            raise TrackingError(f"MLflow store {uri}: cannot open experiment {study_name!r}: {err}") from None
+            raise TrackingError(f"MLflow store {redact(uri)}: cannot open experiment {study_name!r}: {err}") from None
         self.experiment_id = exp_id
         self.study_name = study_name
         parent = self._find(f"tags.`{KIND_TAG}` = 'study'")

@@ -152,7 +152,7 @@ def _tracking_callback(study: Study, root: Path, tracker):
     results stay in Tune's records and `results/`, and `impress study sync` writes them later."""
     from ray import tune
 
-    from impress.tracking import TrackingError, check_reachable
+    from impress.tracking import TrackingError, check_reachable, redact
 
     class Tracking(tune.Callback):
         def __init__(self) -> None:
@@ -175,7 +175,8 @@ def _tracking_callback(study: Study, root: Path, tracker):
                 tracker.missed = True
                 if not self.warned:
                     print(
-                        f"warning: MLflow store {tracker.uri} failed ({type(err).__name__}: {err}); the study "
+                        f"warning: MLflow store {redact(tracker.uri)} failed ({type(err).__name__}: "
+                        f"{str(err).replace(tracker.uri, redact(tracker.uri))}); the study "
                         f"goes on and keeps every result, and fills the store in when it is back",
                         file=sys.stderr,
                         flush=True,
@@ -218,7 +219,7 @@ def _tracking_callback(study: Study, root: Path, tracker):
                     trial.trial_id,
                     state="failed",
                     results_dir=None,
-                    extra_tags={"error": str(getattr(trial, "error_msg", "") or "")[-4000:]},
+                    extra_tags={"error": _trial_reason(trial)},
                 )
 
             self._safely(fail)
@@ -267,13 +268,35 @@ def _callbacks(study: Study) -> list:
                 f"{running} running, best {obj.metric} {best}"
             )
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            retry = trial.run_metadata.num_failures
+            self._line(
+                f"failed {trial.trial_id}: {_trial_reason(trial)}; retrying from its last finished task "
+                f"(retry {retry} of {study.max_failures})"
+            )
+
         def on_trial_error(self, iteration, trials, trial, **info):
             self.failed += 1
+            attempts = trial.run_metadata.num_failures
             self._line(
-                f"failed {trial.trial_id} (will retry up to {study.max_failures} times from its last finished task)"
+                f"failed {trial.trial_id} after {attempts} attempt{'s' * (attempts > 1)}, not retried again: "
+                f"{_trial_reason(trial)}"
             )
 
     return [Progress()]
+
+
+def _reason(error: Any) -> str:
+    """The last line of an error or of its trace (`module.ErrorType: message`), what a table can hold."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def _trial_reason(trial) -> str:
+    """Why a Tune trial failed last. NOTE: read from the trial's local error file; the copy in the
+    study's storage, which `Trial.get_error` reads, is synced later (after the final failure: too late)."""
+    path = trial.error_file
+    return _reason(Path(path).read_text() if path and Path(path).exists() else trial.get_error())
 
 
 def _short(values: dict[str, Any]) -> str:
@@ -362,7 +385,7 @@ def trials_table(study: Study, result_grid) -> pd.DataFrame:
         row.update(values)
         row.update({k: v for k, v in metrics.items() if "/" in k and not k.startswith("acc/task_")})
         if r.error is not None:
-            row["error"] = str(r.error).strip().splitlines()[-1][:300]
+            row["error"] = _reason(r.error)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -429,6 +452,17 @@ def _init_ray(address: str | None) -> bool:
     # check that every report holds the objectives would reject; `Study` already checks that
     # every trial reports every objective.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # NOTE: else Tune prints its own boxes despite verbose=0
+    # Without an address (flag or RAY_ADDRESS, which Ray Jobs sets), start a Ray of our own rather
+    # than joining whatever `ray start` left running on this machine.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        # NOTE: Ray's metrics exporters answer anyone on 0.0.0.0 without its auth token (measured:
+        # tests/faults/test_security.py); a local study has no use for them. Ray also replaces a
+        # loopback node address by the machine's routable one unless told it runs on one machine
+        # only (its single-machine mode, read when Ray is imported, here and in every process it starts).
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import optuna
     import ray
 
@@ -436,11 +470,14 @@ def _init_ray(address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    # Without an address (flag or RAY_ADDRESS, which Ray Jobs sets), start a Ray of our own rather
-    # than joining whatever `ray start` left running on this machine.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    local = {"_node_ip_address": "127.0.0.1"} if address == "local" else {}  # its HTTP servers: loopback
     ray.init(
-        address=address, include_dashboard=False, log_to_driver=False, logging_level="WARNING", configure_logging=True
+        address=address,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+        configure_logging=True,
+        **local,
     )
     return True
 
@@ -464,11 +501,11 @@ def _tracker(study: Study, root: Path):
 
 
 def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> StudyOutcome:
-    import ray
-
     _trial_base(study)  # a device the trial's resources cannot serve fails here, before Ray starts
     tracker = _tracker(study, root)
-    started = _init_ray(address)
+    started = _init_ray(address)  # NOTE: the first import of Ray: it reads its settings from the environment
+    import ray
+
     try:
         tuner = _tuner(study, root, restore=restore, tracker=tracker)
         result_grid = tuner.fit()
@@ -583,6 +620,12 @@ def front_summary(outcome: StudyOutcome, study: Study) -> str:
         lines.append(outcome.front[cols + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     else:
         lines.append("  (no complete trials)")
+    failed = outcome.trials[outcome.trials["state"] == "failed"] if len(outcome.trials) else outcome.trials
+    if len(failed):
+        lines += ["", "failed trials (their reasons are in trials.csv and in their MLflow runs' `error` tag):"]
+        for _, t in failed.iterrows():
+            values = ", ".join(f"{c}={_fmt(t[c])}" for c in cols if c in t)
+            lines.append(f"  {t['trial_id']} ({values}): {t.get('error', 'unknown error')}")
     if study.kind == "grid" and len(study.seeds) > 1 and len(outcome.trials):
         complete = outcome.trials[outcome.trials["state"] == "complete"]
         keys = [c for c in cols if c != "seed"]
