@@ -40,7 +40,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _our_processes(mark: str) -> set[int]:
+def our_processes(mark: str) -> set[int]:
     """Processes with `mark` in their environment or command line, and all their descendants."""
     parents, marked = {}, set()
     for entry in Path("/proc").iterdir():
@@ -59,7 +59,7 @@ def _our_processes(mark: str) -> set[int]:
 
 def _kill(mark: str) -> None:
     for sig, pause in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.5)):
-        for pid in _our_processes(mark):
+        for pid in our_processes(mark):
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
@@ -88,7 +88,7 @@ class Cluster:
 
     def kill_worker_node(self) -> int:
         """Take the second node away at once (SIGKILL to its raylet and everything it started)."""
-        pids = _our_processes(self.worker_mark)
+        pids = our_processes(self.worker_mark)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
