@@ -14,12 +14,19 @@ import time
 
 import torch
 
-from bench import data, inference, mixture, storage, topk
+from bench import data, inference, mixture, platform, storage, topk
 from bench.report import format_table
 from bench.timing import CLOCKS
 from impress.provenance import provenance
 
-SECTIONS = {"topk": topk, "mixture": mixture, "storage": storage, "inference": inference, "data": data}
+SECTIONS = {
+    "topk": topk,
+    "mixture": mixture,
+    "storage": storage,
+    "inference": inference,
+    "data": data,
+    "platform": platform,
+}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
