@@ -32,5 +32,5 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
-bench: $(STAMP)  # every performance figure against its target (a few minutes); `--quick` in CI's tests
+bench: $(STAMP)  # every performance figure against its target (about 12 minutes); `--quick` runs in the tests
 	$(BIN)/python -m bench

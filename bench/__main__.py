@@ -1,8 +1,8 @@
-"""`python -m bench`: print every figure of issue 8 against its target.
+"""`python -m bench`: print every performance figure against its target.
 
-`python -m bench` runs all sections with full repeats (a few minutes); `--quick` is the short
-version CI runs (under a minute); `--only topk data` runs some sections; `--json PATH` also writes
-the figures with their provenance.
+`python -m bench` runs all sections with full repeats (about 12 minutes, 7 of them the platform
+study); `--quick` is the short version the tests run (about a minute); `--only topk data` runs some
+sections; `--json PATH` also writes the figures with their provenance.
 """
 
 from __future__ import annotations

@@ -54,6 +54,8 @@ def _number(value: float, unit: str) -> str:
         return f"{value:.2f}x"
     if unit == "B":
         return f"{value:,.0f} B"
+    if unit == "%":
+        return f"{value:.1f} %"
     if unit == "bit":
         return f"{value:.4f} bit"
     return f"{value:.3g} {unit}"
