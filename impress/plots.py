@@ -12,6 +12,7 @@ A `Drawn` records where every data point landed in the PNG's pixels, which the i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +84,11 @@ def _tip(row: pd.Series, by: Sequence[str], metrics: Sequence[str]) -> str:
     return "\n".join(parts)
 
 
+def _text(value) -> str:
+    """A config value as a label; a field a trial's method does not use (missing) is "n/a"."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+
 def plot_pareto(
     trials: pd.DataFrame,
     *,
@@ -103,12 +109,12 @@ def plot_pareto(
     tell configs apart (e.g. method and source of impressions). Log-scale x for bits by default."""
     fig, ax = _figure(9.5, 5.2)
     complete, other = trials[trials["complete"]], trials[~trials["complete"]]
-    keys = sorted(trials[colour].astype(str).unique()) if colour else [""]
+    keys = sorted({_text(v) for v in trials[colour]}) if colour else [""]
     palette = {k: f"C{i % 10}" for i, k in enumerate(keys)}
-    shapes = sorted(trials[marker].astype(str).unique()) if marker else [""]
+    shapes = sorted({_text(v) for v in trials[marker]}) if marker else [""]
     style = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(shapes)}
-    colour_of = (lambda r: palette[str(r[colour])]) if colour else (lambda r: "C0")
-    marker_of = (lambda r: style[str(r[marker])]) if marker else (lambda r: "o")
+    colour_of = (lambda r: palette[_text(r[colour])]) if colour else (lambda r: "C0")
+    marker_of = (lambda r: style[_text(r[marker])]) if marker else (lambda r: "o")
     points: list[dict] = []
     for _, r in complete.iterrows():
         ax.scatter(r[x], r[y], s=16, alpha=0.35, color=colour_of(r), marker=marker_of(r), lw=0)
@@ -183,7 +189,7 @@ def plot_front(
     table = trials.assign(complete=trials["state"] == "complete")
     colour = None
     if group and group in trials:
-        table, colour = table.assign(colour=group + "=" + trials[group].astype(str)), "colour"
+        table, colour = table.assign(colour=[f"{group}={_text(v)}" for v in trials[group]]), "colour"
     return plot_pareto(
         table, x=x, y=y, x_mode=x_mode, y_mode=y_mode, by=["trial_id"], title=title, path=path, colour=colour
     )

@@ -404,16 +404,19 @@ def _finish(study: Study, root: Path, result_grid) -> StudyOutcome:
         from impress.plots import plot_front
 
         x, y = sorted(objectives, key=lambda o: not o.metric.startswith("bits"))  # bits on the x axis
-        plot_front(
-            trials,
-            x=x.metric,
-            y=y.metric,
-            x_mode=x.mode,
-            y_mode=y.mode,
-            path=root / "pareto.png",
-            title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
-            group="granularity" if "granularity" in trials else None,
-        )
+        try:
+            plot_front(
+                trials,
+                x=x.metric,
+                y=y.metric,
+                x_mode=x.mode,
+                y_mode=y.mode,
+                path=root / "pareto.png",
+                title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
+                group="granularity" if "granularity" in trials else None,
+            )
+        except Exception as err:  # noqa: BLE001 - a figure is a convenience: the study's records come first
+            print(f"warning: could not draw {root / 'pareto.png'} ({type(err).__name__}: {err})", file=sys.stderr)
     if study.kind == "search":
         _export_optuna(result_grid, study, root)
     finished = len(trials) and not any(r.metrics is None for r in result_grid)

@@ -130,3 +130,29 @@ def test_inference_table_per_rule():
     assert set(table.long["rule"]) == {"oneshot_h"}
     assert set(table.long["metric"]) == {"task_infer/acc", "acc/gns"}
     assert inference_table(trials.drop(columns=["task_infer/acc/oneshot_h", "acc/gns/oneshot_h"]), by=by) is None
+
+
+def test_a_studys_own_plot_takes_trials_whose_method_ignores_the_grouping_field(tmp_path):
+    """SupSup has no coefficient granularity: its trials carry no value there, and still get drawn."""
+    from matplotlib.image import imread
+
+    from impress.plots import plot_front
+
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["a", "b", "c", "d"],
+            "state": ["complete", "complete", "complete", "failed"],
+            "method": ["supsup", "impresslearn", "impresslearn", "impresslearn"],
+            "granularity": [None, "layer", "channel", "global"],
+            "acc/avg": [0.95, 0.6, 0.9, np.nan],
+            "bits/per_task": [84480, 960, 167040, np.nan],
+        }
+    )
+    drawn = plot_front(
+        trials, x="bits/per_task", y="acc/avg", x_mode="min", y_mode="max", path=tmp_path / "p.png", title="t",
+        group="granularity",
+    )  # fmt: skip
+    image = imread(drawn.path)
+    assert image.shape[:2] == drawn.size[::-1] and image.std() > 0
+    complete = drawn.points[drawn.points["kind"] == "trial"]
+    assert len(complete) == 3  # the failed trial has no values to draw
