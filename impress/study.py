@@ -364,6 +364,11 @@ def _objective(i: int, spec: Any) -> Objective:
 
 def _not_produced(metric: str, cfg: Config) -> str | None:
     """Why a trial with `cfg` never reports `metric` (None: it does)."""
+    if metric == "acc/avg_coeff_tasks":
+        if cfg.method == "supsup":
+            return "SupSup learns every task as a mask of its own, none by coefficients"
+        if cfg.method == "impresslearn" and cfg.impressions == "heterogeneous" and cfg.m >= cfg.num_tasks:
+            return f"with heterogeneous m={cfg.m} and {cfg.num_tasks} tasks, every task keeps its own mask"
     if not metric.startswith(FINAL_METRICS):
         return None
     if cfg.scenario == "GG":

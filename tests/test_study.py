@@ -123,6 +123,25 @@ def test_inference_objectives_are_accepted_where_every_trial_reports_them():
     assert "grid point (method=supsup, scenario=GG): task identity is given" in _error(data)
 
 
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ({"method": "supsup"}, "SupSup learns every task as a mask of its own"),
+        ({"m": 4}, "with heterogeneous m=4 and 4 tasks, every task keeps its own mask"),
+    ],
+)
+def test_coefficient_task_accuracy_is_an_objective_only_where_some_task_is_learned_by_coefficients(case, reason):
+    data = {
+        "name": "coeff",
+        "base": {"num_tasks": 4},
+        "cases": [{"m": 2}, case],
+        "objectives": [{"metric": "acc/avg_coeff_tasks", "mode": "max"}],
+    }
+    assert "acc/avg_coeff_tasks is never reported at grid point" in _error(data) and reason in _error(data)
+    data["cases"] = [{"m": 2}, {"m": 4, "impressions": "random"}, {"method": "finetune"}]
+    assert len(Study.from_dict(data).grid_points()) == 3
+
+
 def test_invalid_grid_point_is_named():
     data = {"name": "g", "base": {"num_tasks": 4}, "grid": {"m": [2, 8]}}
     assert "grid point (m=8): m: heterogeneous impressions" in _error(data)
