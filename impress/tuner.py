@@ -503,8 +503,27 @@ def _tracker(study: Study, root: Path):
     )
 
 
+def _check_data(study: Study) -> None:
+    """Every dataset the study's trials read loads here (a missing one is a `DatasetMissingError`
+    naming its path), before Ray starts. Only for a study on this machine: a cluster's nodes may
+    see other paths than the machine that submits."""
+    from impress.streams import SOURCES
+
+    base = _trial_base(study)
+    points = study.grid_points() if study.kind == "grid" else [{"seed": study.seeds[0]}]
+    for p in study.search:  # a searched source or data root: every choice
+        if p.name in ("source", "data_root", "download"):
+            points = [{**q, p.name: c} for q in points for c in p.choices]
+    needed = {(c.source, c.data_root, c.download) for c in (Config.from_dict({**base, **q}) for q in points)}
+    for source, data_root, download in sorted(needed, key=str):
+        if source != "digits":
+            SOURCES[source](data_root, download)
+
+
 def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> StudyOutcome:
     _trial_base(study)  # a device the trial's resources cannot serve fails here, before Ray starts
+    if not (address or os.environ.get("RAY_ADDRESS")):
+        _check_data(study)
     tracker = _tracker(study, root)
     started = _init_ray(address)  # NOTE: the first import of Ray: it reads its settings from the environment
     import ray

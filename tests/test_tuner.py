@@ -254,3 +254,19 @@ def test_malformed_study_fails_before_ray_starts(tmp_path):
     assert "search.sparsity: 1.0 would make an invalid config" in proc.stderr
     assert not (tmp_path / "out").exists()
     assert time.monotonic() - began < 30  # no Ray start (5-7 s) and no trial ran
+
+
+def test_missing_dataset_fails_before_ray_starts(tmp_path):
+    data = {"name": "no_data", "base": {**BASE, "source": "mnist", "data_root": str(tmp_path / "data")}}
+    study_file = _write_study(tmp_path / "no_data.yaml", {**data, "grid": {"m": [1, 2]}})
+    began = time.monotonic()
+    proc = subprocess.run(
+        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"MNIST not found under {tmp_path / 'data'}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "no_data" / "tune").exists()
+    assert time.monotonic() - began < 30  # no Ray start (5-7 s) and no trial ran
