@@ -510,7 +510,8 @@ def _check_data(study: Study) -> None:
     from impress.streams import SOURCES
 
     base = _trial_base(study)
-    points = study.grid_points() if study.kind == "grid" else [{"seed": study.seeds[0]}]
+    low = {p.name: p.extremes()[0] for p in study.search}  # a valid search point (as `Study` checks)
+    points = study.grid_points() if study.kind == "grid" else [{**low, "seed": study.seeds[0]}]
     for p in study.search:  # a searched source or data root: every choice
         if p.name in ("source", "data_root", "download"):
             points = [{**q, p.name: c} for q in points for c in p.choices]
