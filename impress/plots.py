@@ -12,7 +12,6 @@ A `Drawn` records where every data point landed in the PNG's pixels, which the i
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from impress.pareto import over_seeds, seed_front
+from impress.tables import cell_text
 
 __all__ = ["Drawn", "plot_pareto", "plot_front", "plot_acc_vs_m", "plot_acc_matrix", "plot_task_curves"]
 
@@ -86,7 +86,7 @@ def _tip(row: pd.Series, by: Sequence[str], metrics: Sequence[str]) -> str:
 
 def _text(value) -> str:
     """A config value as a label; a field a trial's method does not use (missing) is "n/a"."""
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    return cell_text(value) or "n/a"
 
 
 def plot_pareto(

@@ -22,6 +22,7 @@ __all__ = [
     "Table",
     "varied_columns",
     "variant",
+    "cell_text",
     "config_label",
     "summarise",
     "methods_table",
@@ -44,7 +45,7 @@ class Table:
     def wide(self) -> pd.DataFrame:
         cells = self.long.assign(cell=[fmt(r["mean"], r["std"], r["n"], r["metric"]) for _, r in self.long.iterrows()])
         for c in self.index:  # NOTE: as text, so that a field a method ignores (None) keeps its row
-            cells[c] = cells[c].map(_cell)
+            cells[c] = cells[c].map(cell_text)
         order = list(dict.fromkeys(cells[self.columns]))
         table = cells.pivot_table(index=self.index, columns=self.columns, values="cell", aggfunc="first", sort=False)
         return table.reindex(columns=order).fillna("").reset_index()
@@ -53,7 +54,7 @@ class Table:
         wide = self.wide()
         header = [str(c) for c in wide.columns]
         lines = [f"### {self.title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in wide.itertuples(index=False)]
+        lines += ["| " + " | ".join(cell_text(v) for v in row) + " |" for row in wide.itertuples(index=False)]
         return "\n".join(lines)
 
     def write(self, stem: Path) -> list[Path]:
@@ -64,7 +65,8 @@ class Table:
         return [csv, md]
 
 
-def _cell(value) -> str:
+def cell_text(value) -> str:
+    """A config value as table text: tuples joined, searched floats to 4 digits, missing as ""."""
     if isinstance(value, tuple):
         return ",".join(map(str, value))
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -105,7 +107,7 @@ def variant(row: pd.Series) -> str:
 
 def config_label(row: pd.Series, by: Sequence[str]) -> str:
     """`key=value~key=value` of the distinguishing columns (the run-name convention)."""
-    return "~".join(f"{k}={_cell(row[k])}" for k in by if _cell(row[k])) or "all trials"
+    return "~".join(f"{k}={cell_text(row[k])}" for k in by if cell_text(row[k])) or "all trials"
 
 
 def summarise(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str]) -> pd.DataFrame:

@@ -121,6 +121,10 @@ class StudyTracker:
         runs = self.client.search_runs([self.experiment_id], filter_string=filter_string, max_results=2)
         return runs[0] if runs else None
 
+    def has_run(self, trial_id: str) -> bool:
+        """Whether this tracker already holds the trial's run (found or created)."""
+        return trial_id in self._runs
+
     def trial_run(self, trial_id: str, *, params: dict[str, Any], tags: dict[str, str]) -> str:
         """The trial's run id: found by its tag (restored study, retried trial), else created."""
         if trial_id in self._runs:

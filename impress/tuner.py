@@ -184,8 +184,9 @@ def _tracking_callback(study: Study, root: Path, tracker):
                     self.warned = True
 
         def _ensure(self, trial) -> None:
-            params, tags = _trial_params(study, trial.config)
-            tracker.trial_run(trial.trial_id, params=params, tags=tags)
+            if not tracker.has_run(trial.trial_id):  # the params are built once per trial, not per report
+                params, tags = _trial_params(study, trial.config)
+                tracker.trial_run(trial.trial_id, params=params, tags=tags)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self._safely(self._ensure, trial)
@@ -447,7 +448,13 @@ def _export_optuna(result_grid, study: Study, root: Path) -> None:
         target.add_trial(t)
 
 
-def _init_ray(address: str | None) -> bool:
+def _ray_address(address: str | None) -> str:
+    """Where a study's Ray is: the flag, else RAY_ADDRESS (which Ray Jobs sets), else "local", a Ray
+    of the study's own rather than whatever `ray start` left running on this machine."""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def _init_ray(address: str) -> bool:
     # NOTE: we keep one checkpoint per trial, so Tune snapshots its state at every task boundary
     # (what makes resume exact); its warning about that frequency is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -456,9 +463,6 @@ def _init_ray(address: str | None) -> bool:
     # every trial reports every objective.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # NOTE: else Tune prints its own boxes despite verbose=0
-    # Without an address (flag or RAY_ADDRESS, which Ray Jobs sets), start a Ray of our own rather
-    # than joining whatever `ray start` left running on this machine.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
     if address == "local":
         # NOTE: Ray's metrics exporters answer anyone on 0.0.0.0 without its auth token (measured:
         # tests/faults/test_security.py); a local study has no use for them. Ray also replaces a
@@ -509,21 +513,19 @@ def _check_data(study: Study) -> None:
     see other paths than the machine that submits."""
     from impress.streams import SOURCES
 
-    base = _trial_base(study)
-    low = {p.name: p.extremes()[0] for p in study.search}  # a valid search point (as `Study` checks)
-    points = study.grid_points() if study.kind == "grid" else [{**low, "seed": study.seeds[0]}]
+    configs = [study.config(**p) for p in study.grid_points()] if study.kind == "grid" else [study.example_config()]
     for p in study.search:  # a searched source or data root: every choice
         if p.name in ("source", "data_root", "download"):
-            points = [{**q, p.name: c} for q in points for c in p.choices]
-    needed = {(c.source, c.data_root, c.download) for c in (Config.from_dict({**base, **q}) for q in points)}
-    for source, data_root, download in sorted(needed, key=str):
+            configs = [c.replace(**{p.name: choice}) for c in configs for choice in p.choices]
+    for source, data_root, download in sorted({(c.source, c.data_root, c.download) for c in configs}, key=str):
         if source != "digits":
             SOURCES[source](data_root, download)
 
 
 def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> StudyOutcome:
     _trial_base(study)  # a device the trial's resources cannot serve fails here, before Ray starts
-    if not (address or os.environ.get("RAY_ADDRESS")):
+    address = _ray_address(address)
+    if address == "local":
         _check_data(study)
     tracker = _tracker(study, root)
     started = _init_ray(address)  # NOTE: the first import of Ray: it reads its settings from the environment

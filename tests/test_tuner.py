@@ -243,30 +243,28 @@ def test_search_on_an_inference_metric_reported_only_after_the_last_task(tmp_pat
 def test_malformed_study_fails_before_ray_starts(tmp_path):
     search = {**SEARCH["search"], "sparsity": {"type": "float", "low": 0.5, "high": 1.0}}
     bad = _write_study(tmp_path / "bad.yaml", {**SEARCH, "search": search})
-    began = time.monotonic()
-    proc = subprocess.run(
-        [*IMPRESS, "study", "run", str(bad), "--storage", str(tmp_path / "out")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
+    proc = _refused_before_ray(bad, tmp_path / "out")
     assert "search.sparsity: 1.0 would make an invalid config" in proc.stderr
     assert not (tmp_path / "out").exists()
-    assert time.monotonic() - began < 30  # no Ray start (5-7 s) and no trial ran
 
 
-def test_missing_dataset_fails_before_ray_starts(tmp_path):
-    data = {"name": "no_data", "base": {**BASE, "source": "mnist", "data_root": str(tmp_path / "data")}}
-    study_file = _write_study(tmp_path / "no_data.yaml", {**data, "grid": {"m": [1, 2]}})
+def _refused_before_ray(study_file: Path, storage: Path) -> subprocess.CompletedProcess:
+    """`impress study run` that must exit 2 before Ray starts (5-7 s) or any trial runs."""
     began = time.monotonic()
     proc = subprocess.run(
-        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "out")],
+        [*IMPRESS, "study", "run", str(study_file), "--storage", str(storage)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
+    assert time.monotonic() - began < 30
+    return proc
+
+
+def test_missing_dataset_fails_before_ray_starts(tmp_path):
+    data = {"name": "no_data", "base": {**BASE, "source": "mnist", "data_root": str(tmp_path / "data")}}
+    study_file = _write_study(tmp_path / "no_data.yaml", {**data, "grid": {"m": [1, 2]}})
+    proc = _refused_before_ray(study_file, tmp_path / "out")
     assert f"MNIST not found under {tmp_path / 'data'}" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "no_data" / "tune").exists()
-    assert time.monotonic() - began < 30  # no Ray start (5-7 s) and no trial ran
