@@ -69,12 +69,13 @@ def dense_step(net: nn.Module, data: Batches, *, lr: float = 0.01) -> Step:
     return _step(forward, torch.optim.Adam(weights, lr=lr), data)
 
 
-def topk_step(net: nn.Module, data: Batches, *, density: float = 0.5, lr: float = 0.01) -> Step:
-    """Train the scores of an exact top-`density` mask (straight-through), weights frozen."""
+def topk_step(net: nn.Module, data: Batches, *, density: float = 0.5, lr: float = 0.01, fused: bool = True) -> Step:
+    """Train the scores of an exact top-`density` mask (straight-through), weights frozen; `fused`
+    False takes the eager torch path (what a device without the fused kernels runs)."""
     scores = [layer.scores for layer in masked_layers(net)]
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with task_view(net, TopK(density)):
+        with task_view(net, TopK(density, fused=fused)):
             return net(x)
 
     return _step(forward, torch.optim.Adam(scores, lr=lr), data)

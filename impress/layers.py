@@ -3,7 +3,8 @@
 One class per torch op (`MaskedLinear`, `MaskedConv2d`) plus the affine-free, per-task
 `TaskBatchNorm2d`. What a layer computes is set by a *mask source*, a small strategy object:
 
-    TopK(density)   edge-popup: keep the top `density` fraction of |scores| (straight-through)
+    TopK(density)   edge-popup: keep the top `density` fraction of |scores| (straight-through);
+                    on CPU the masked weight is fused (`impress.fused_topk`), same result
     Threshold()     SupSup's fast mask: scores >= 0 (straight-through)
     Stored(i)       the i-th stored binary mask of the layer's bank
     Mixture(alpha)  sum_i alpha[..., i] * bank[i] over the first alpha.shape[-1] stored masks
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from impress.fused_topk import topk_masked_weight
 from impress.masks import TopKCache, pack_bits, threshold_mask, topk_mask, unpack_bits
 
 __all__ = [
@@ -47,6 +49,7 @@ __all__ = [
 @dataclass(frozen=True)
 class TopK:
     density: float
+    fused: bool = True  # False: the eager torch path on CPU too (for comparison; same result)
 
     def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
         return topk_mask(layer.scores, self.density, cache=layer.topk_cache)
@@ -224,6 +227,9 @@ class _MaskedWeight(GrowingBuffers):
         return None if self.source is None else self.source(self)
 
     def masked_weight(self) -> torch.Tensor:
+        if isinstance(self.source, TopK):  # mask training's hot path: one pass each way on CPU
+            density, fused = self.source.density, self.source.fused
+            return topk_masked_weight(self.scores, self.weight, density, cache=self.topk_cache, fused=fused)
         mask = self.current_mask()
         return self.weight if mask is None else self.weight * mask
 

@@ -41,13 +41,14 @@ class TopKCache:
     exactness. Not persistent: no state dict holds it.
     """
 
-    __slots__ = ("key", "cut", "last_cut", "per_unit", "warm", "full")
+    __slots__ = ("key", "cut", "last_cut", "per_unit", "error", "warm", "full")
 
     def __init__(self) -> None:
         self.key: tuple | None = None  # (numel, k, dtype) the thresholds belong to
         self.cut: float | None = None  # the last selection's cut
         self.last_cut: float | None = None  # ... and of the one before
         self.per_unit = 0.0  # magnitudes per unit of |score| near the cut (a band width guide)
+        self.error = 0.0  # how far the predicted cut has lately been from the real one
         self.warm = 0  # selections done from the cache
         self.full = 0  # selections that needed a full `kthvalue`
 
