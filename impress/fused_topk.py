@@ -13,9 +13,16 @@ Bit for bit the result of the eager path (`weight * topk_mask(...)`, the path on
 the same exact top-k with ties at the cut keeping the lowest flat indices, whatever the cache holds.
 Measured on 1 thread (`python -m bench --only topk`): ~0.5 ms per 1M weights forward and ~0.6 ms
 backward, where the eager path takes ~2.2 and ~1.2 ms.
+
+NOTE: the loops are single-threaded. Split over 2 Python threads (they release the GIL) they ran
+1.3-1.5x faster alone, but right after a 2-thread matrix product a split loop took twice its
+lone time (0.8 against 0.4 ms per 1M weights; most likely torch's OpenMP workers still spinning),
+and a 2-thread training step gained nothing, so the split is not kept.
 """
 
 from __future__ import annotations
+
+import math
 
 import numba
 import numpy
@@ -75,7 +82,7 @@ def _select(s: torch.Tensor, w: torch.Tensor, k: int, cache: TopKCache) -> torch
         return w.clone()
     out = torch.empty_like(w)
     key = (n, k, s.dtype)
-    if cache.key == key:
+    if cache.key == key and math.isfinite(cache.predict()):
         predicted = t = cache.predict()
         per_unit = cache.per_unit or n / max(2.0 * abs(t), 1e-30)  # magnitudes per unit of |s| near the cut
         half = max(3.0 * cache.error, 0.5 * _BAND / per_unit)
@@ -86,7 +93,7 @@ def _select(s: torch.Tensor, w: torch.Tensor, k: int, cache: TopKCache) -> torch
             if not lo < hi:  # narrower than the dtype resolves
                 lo = numpy.nextafter(hi, exact(-numpy.inf))
             kept, size = _mask_and_band(*arrays, lo, hi, band.numpy())
-            if size:
+            if size and math.isfinite(float(hi - lo)):
                 cache.per_unit = per_unit = size / float(hi - lo)
             if kept <= k <= kept + size:
                 cut = _settle(s, w, out, band[:size], k - kept, float(lo), float(hi))

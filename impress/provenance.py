@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["provenance"]
 
-_PACKAGES = ("impress", "torch", "numpy", "scikit-learn", "torchvision")
+_PACKAGES = ("impress", "torch", "numpy", "numba", "scikit-learn", "torchvision")
 
 
 def _git(*args: str) -> str | None:

@@ -88,6 +88,16 @@ def test_a_foreign_or_stale_cache_never_changes_the_result():
     _check(torch.randn(200, 250), weight, 0.2, cache, "density")  # another density, same cache
 
 
+def test_infinite_and_huge_scores():
+    weight = _weight((50_000,))
+    scores = torch.randn(50_000, generator=generator("huge"))
+    scores[::7] = torch.inf
+    scores[3::11] = 3e38  # a band around these overflows to infinity
+    cache = TopKCache()
+    for density in (0.1, 0.1, 0.2, 0.2, 0.5, 0.5, 0.05):
+        _check(scores, weight, density, cache, density)
+
+
 def test_non_contiguous_scores_and_conv_shaped_weights():
     weight = _weight((16, 8, 3, 3))
     scores = torch.randn(3, 3, 8, 16, generator=generator("conv")).permute(3, 2, 1, 0)  # not contiguous
