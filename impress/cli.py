@@ -281,7 +281,9 @@ def _analysis_parsers(sub) -> None:
             a.add_argument("--x", default="bits/per_task", help="objective on the x axis (default: bits/per_task)")
             a.add_argument("--y", default="acc/avg", help="objective on the y axis (default: acc/avg)")
         else:
-            a.add_argument("--run", default=None, help="run name or id for the accuracy matrix (default: best acc/avg)")
+            a.add_argument(
+                "--run", default=None, help="one run's accuracy matrix (default: mean over the best config's seeds)"
+            )
             a.add_argument("--show", action="store_true", help="print report.md")
         a.set_defaults(func=_cmd_analysis)
 

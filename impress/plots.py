@@ -3,7 +3,7 @@
     plot_pareto       every trial, the configs' means over seeds with their spread, the front
     plot_front        the same with each trial its own config (a study's `pareto.png`)
     plot_acc_vs_m     accuracy versus the number of impressions, a line per source of impressions
-    plot_acc_matrix   heatmap of one run's accuracy matrix R[t, j]
+    plot_acc_matrix   heatmap of an accuracy matrix R[t, j] (one run's, or a mean over seeds)
     plot_task_curves  each task's accuracy as later tasks are learned
 
 A `Drawn` records where every data point landed in the PNG's pixels, which the interactive HTML
@@ -79,7 +79,9 @@ def _save(fig, ax, path: str | Path, points: list[dict]) -> Drawn:
 
 
 def _tip(row: pd.Series, by: Sequence[str], metrics: Sequence[str]) -> str:
-    parts = [f"{k}={row[k]}" for k in by if k in row.index and row[k] is not None]
+    """Hover text: the config as `config_label` spells it (fields the method has no use for left
+    out), then the metrics."""
+    parts = [f"{k}={cell_text(row[k])}" for k in by if k in row.index and cell_text(row[k])]
     parts += [f"{m}={row[m]:.4g}" for m in metrics if pd.notna(row[m])]
     return "\n".join(parts)
 
@@ -222,8 +224,14 @@ def plot_acc_vs_m(trials: pd.DataFrame, *, metric: str, lines: Sequence[str], ti
     return _save(fig, ax, path, points)
 
 
-def plot_acc_matrix(R: np.ndarray, *, title: str, path: str | Path) -> Drawn:
-    """Heatmap of R[t, j], accuracy on task j after learning task t (blank above the diagonal)."""
+def _cell(R: np.ndarray, std: np.ndarray | None, n: int, t: int, j: int) -> str:
+    """R[t, j] as a hover tip: the value, and over n > 1 runs its sample std and n."""
+    return f"{R[t, j]:.4f}" if std is None else f"{R[t, j]:.4f} ± {std[t, j]:.4f} (n = {n})"
+
+
+def plot_acc_matrix(R: np.ndarray, *, title: str, path: str | Path, std: np.ndarray | None = None, n: int = 1) -> Drawn:
+    """Heatmap of R[t, j], accuracy on task j after learning task t (blank above the diagonal); a
+    mean over n runs if `std` is given."""
     R = np.asarray(R, dtype=float)  # (T, T)
     T = len(R)
     fig, ax = _figure(2.0 + 0.42 * max(T, 10), 1.4 + 0.38 * max(T, 10))
@@ -236,9 +244,8 @@ def plot_acc_matrix(R: np.ndarray, *, title: str, path: str | Path) -> Drawn:
                 if T <= 20:
                     colour = "black" if R[t, j] > 0.6 else "white"
                     ax.text(j, t, f"{R[t, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
-                points.append(
-                    dict(kind="cell", label=f"R[{t},{j}]", tip=f"after task {t}, task {j}: {R[t, j]:.4f}", x=j, y=t)
-                )
+                tip = f"after task {t}, task {j}: {_cell(R, std, n, t, j)}"
+                points.append(dict(kind="cell", label=f"R[{t},{j}]", tip=tip, x=j, y=t))
     ticks = range(0, T, max(1, T // 10))
     ax.set_xticks(list(ticks))
     ax.set_yticks(list(ticks))
@@ -248,9 +255,11 @@ def plot_acc_matrix(R: np.ndarray, *, title: str, path: str | Path) -> Drawn:
     return _save(fig, ax, path, points)
 
 
-def plot_task_curves(R: np.ndarray, *, title: str, path: str | Path) -> Drawn:
+def plot_task_curves(
+    R: np.ndarray, *, title: str, path: str | Path, std: np.ndarray | None = None, n: int = 1
+) -> Drawn:
     """Each task's accuracy from when it is learned to the end of the stream, and the average over
-    the tasks seen so far (`acc/avg` at each step)."""
+    the tasks seen so far (`acc/avg` at each step); means over n runs if `std` is given."""
     R = np.asarray(R, dtype=float)  # (T, T)
     T = len(R)
     fig, ax = _figure(8.5, 4.8)
@@ -260,9 +269,8 @@ def plot_task_curves(R: np.ndarray, *, title: str, path: str | Path) -> Drawn:
         ax.plot(steps, R[j:, j], "-o", ms=3, lw=1, alpha=0.8, label=f"task {j}")
         for t in steps:
             if np.isfinite(R[t, j]):
-                points.append(
-                    dict(kind="cell", label=f"task {j}", tip=f"task {j} after task {t}: {R[t, j]:.4f}", x=t, y=R[t, j])
-                )
+                tip = f"task {j} after task {t}: {_cell(R, std, n, t, j)}"
+                points.append(dict(kind="cell", label=f"task {j}", tip=tip, x=t, y=R[t, j]))
     seen = [np.nanmean(R[t, : t + 1]) if np.isfinite(R[t, : t + 1]).any() else np.nan for t in range(T)]
     ax.plot(range(T), seen, "-", color="black", lw=2.5, label="average over tasks seen")
     ax.set_xlabel("tasks learned (t)")

@@ -5,7 +5,8 @@
     report.md                       (report) the tables below, the figures, what was left out and why
     trials.csv                      (report) one row per trial, typed config columns, `complete` flag
     acc_vs_m_<metric>.png / .html   (report) accuracy versus m per source of impressions
-    acc_matrix.png, task_curves.png (report) one run's accuracy matrix and per-task curves
+    acc_matrix.*, task_curves.*     (report) accuracy matrix and per-task curves (PNG, HTML): the mean
+                                    over the seeds of the best config, or one run (`--run`)
     table_*.csv / .md               (report) SupSup versus ImpressLearn, by m, task-inference rules
 
 Incomplete trials (stopped early, failed, still running) are kept in trials.csv and drawn hollow,
@@ -15,8 +16,10 @@ in MLflow under `analysis/`.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from impress.pagemap import write_html
@@ -25,7 +28,7 @@ from impress.plots import plot_acc_matrix, plot_acc_vs_m, plot_pareto, plot_task
 from impress.records import CONFIG_COLUMNS, StudyRecords, acc_matrix, log_files
 from impress.tables import by_m_table, config_label, fmt, inference_table, methods_table, variant, varied_columns
 
-__all__ = ["ReportError", "prepare", "mode_of", "pareto_files", "report_files"]
+__all__ = ["ReportError", "prepare", "mode_of", "pareto_files", "report_files", "mean_acc_matrix"]
 
 DEFAULT_X, DEFAULT_Y = "bits/per_task", "acc/avg"
 IMPRESSLEARN_ONLY = ("m", "impressions", "granularity", "alpha_param", "alpha_lr", "alpha_epochs")
@@ -127,14 +130,35 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _pick_run(trials: pd.DataFrame, run: str | None, metric: str) -> pd.Series:
-    complete = trials[trials["complete"]]
+def mean_acc_matrix(
+    records: StudyRecords, trials: pd.DataFrame, run: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, int, str]:
+    """(R, std, n, label): the accuracy matrix (T, T) averaged over `_matrix_runs`, its sample std
+    (None for one run), the number of runs and what they are. `trials` as `prepare` returns them."""
+    runs, label = _matrix_runs(trials, run)
+    Rs = np.stack([acc_matrix(records.uri, run_id) for run_id in runs["run_id"]])  # (n, T, T)
+    with warnings.catch_warnings():  # cells above the diagonal are NaN in every run, and stay NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        R = np.nanmean(Rs, axis=0)
+        std = np.nanstd(Rs, axis=0, ddof=1) if len(Rs) > 1 else None
+    return R, std, len(Rs), label
+
+
+def _matrix_runs(trials: pd.DataFrame, run: str | None) -> tuple[pd.DataFrame, str]:
+    """The runs whose accuracy matrices the report averages, and how to name them: by default every
+    complete seed of the config with the best mean `DEFAULT_Y` (not one lucky seed); or one `run`."""
     if run is None:
-        return complete.sort_values(metric, ascending=False, kind="stable").iloc[0]
+        complete = trials[trials["complete"]]
+        means = complete.groupby("config", sort=False)[DEFAULT_Y].mean()
+        best = means.idxmax()
+        runs = complete[complete["config"] == best]
+        seeds = ", ".join(str(s) for s in sorted(runs["seed"])) if "seed" in runs else "?"
+        return runs, f"config {best} (best mean {DEFAULT_Y}), mean of n = {len(runs)} runs (seeds {seeds})"
     hit = trials[(trials["run_name"] == run) | (trials["run_id"] == run) | (trials["trial_id"] == run)]
     if not len(hit):
         raise ReportError(f"no run {run!r} in study; its runs are: {', '.join(trials['run_name'])}")
-    return hit.iloc[0]
+    chosen = hit.iloc[:1]
+    return chosen, f"run {chosen['run_name'].iloc[0]} ({chosen['state'].iloc[0]})"
 
 
 def report_files(records: StudyRecords, out: Path, *, run: str | None = None, log: bool = True) -> list[Path]:
@@ -179,14 +203,13 @@ def report_files(records: StudyRecords, out: Path, *, run: str | None = None, lo
             files += table.write(out / stem)
             sections += ["", table.markdown()]
     if "acc/task_000" in trials:
-        chosen = _pick_run(trials, run, DEFAULT_Y)
-        R = acc_matrix(records.uri, chosen["run_id"])
-        label = f"{chosen['run_name']} ({chosen['state']})"
+        R, std, n, label = mean_acc_matrix(records, trials, run)
         for name, plot in (("acc_matrix", plot_acc_matrix), ("task_curves", plot_task_curves)):
-            drawn = plot(R, title=f"{records.name}\n{label}", path=out / f"{name}.png")
-            files.append(drawn.path)
-            sections += ["", f"![{name}]({drawn.path.name})"]
-        sections.insert(3, f"Accuracy matrix and curves: run `{label}` (best {DEFAULT_Y}; choose with --run).")
+            drawn = plot(R, title=f"{records.name}\n{label}", path=out / f"{name}.png", std=std, n=n)
+            page = write_html(drawn, out / f"{name}.html", title=f"{records.name}: {name.replace('_', ' ')}, {label}")
+            files += [drawn.path, page]
+            sections += ["", f"![{name}]({drawn.path.name}) ([interactive]({page.name}))"]
+        sections.insert(3, f"Accuracy matrix and curves: {label} (choose one run with --run).")
     (out / "report.md").write_text("\n".join(sections) + "\n")
     files.append(out / "report.md")
     if log:

@@ -3,6 +3,7 @@ the figures are read back as images. PNGs are also saved to $IMPRESS_SCREENSHOTS
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from browser import CHROMIUM, chromium, open_page
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -22,7 +24,7 @@ from impress.config import Config
 from impress.pareto import pareto_mask
 from impress.plots import plot_acc_matrix, plot_pareto
 from impress.records import acc_matrix, load_study
-from impress.report import prepare
+from impress.report import mean_acc_matrix, pareto_files, prepare
 from impress.study import Study
 from impress.tracking import StudyTracker, TrackingError
 from impress.trainer import run
@@ -107,7 +109,9 @@ def test_report_writes_the_files_and_logs_them(study, tmp_path):
         "acc_vs_m_acc_avg.png",
         "acc_vs_m_acc_avg.html",
         "acc_matrix.png",
+        "acc_matrix.html",
         "task_curves.png",
+        "task_curves.html",
         "table_methods.csv",
         "table_methods.md",
         "table_by_m_acc_avg.md",
@@ -221,6 +225,85 @@ def test_accuracy_matrix_matches_the_trial_and_is_drawn(study, tmp_path):
     stopped = records.trials[~records.trials["complete"]].iloc[0]
     partial = acc_matrix(uri, stopped["run_id"])
     assert np.isfinite(partial[0, 0]) and np.isnan(partial[1:]).all()  # one task learned, the rest unknown
+
+
+def test_report_matrix_is_the_mean_over_the_best_configs_seeds(study):
+    root, uri = study
+    records = load_study("reported", uri=uri)
+    trials, _ = prepare(records)
+    R, std, n, label = mean_acc_matrix(records, trials)
+    folder = root / "studies" / "reported" / "results"
+    results = {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/results.json")}
+    complete = trials[trials["complete"]]
+    best = complete.groupby("config")["acc/avg"].mean().idxmax()  # by its mean over seeds, not its best seed
+    chosen = complete[complete["config"] == best]
+    assert n == len(chosen) == 2 and f"config {best} " in label and "seeds 0, 1" in label
+    stored = np.stack([np.array(results[t]["acc_matrix"], dtype=float) for t in chosen["trial_id"]])
+    learned = np.tril_indices(len(R))  # (t, j) with j <= t
+    np.testing.assert_allclose(R[learned], stored[:, *learned].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(std[learned], stored[:, *learned].std(axis=0, ddof=1), rtol=1e-12)
+    assert np.isnan(R[np.triu_indices(len(R), 1)]).all()  # tasks not yet learned stay blank
+    one = chosen.iloc[0]
+    R1, std1, n1, label1 = mean_acc_matrix(records, trials, one["run_name"])  # --run: that run alone
+    assert n1 == 1 and std1 is None and one["run_name"] in label1
+    np.testing.assert_array_equal(R1, np.array(results[one["trial_id"]]["acc_matrix"], dtype=float))
+
+
+def _circle(area: dict) -> tuple[float, float, float]:
+    cx, cy, r = map(float, area["coords"].split(","))
+    return cx, cy, r
+
+
+async def _hover_every_area(port: int, page_file: Path, screenshot: Path) -> list[tuple[dict, list]]:
+    """Load the page, point at the centre of each of its hover areas; returns (area, [tooltip shown,
+    its text, its position]) for each, and saves a screenshot taken while pointing at the first."""
+    async with open_page(port) as page:
+        await page.call(
+            "Emulation.setDeviceMetricsOverride", width=1600, height=1400, deviceScaleFactor=1, mobile=False
+        )
+        await page.call("Page.navigate", url=page_file.as_uri())
+        for _ in range(100):
+            if await page.evaluate("document.readyState === 'complete' && document.images[0].complete"):
+                break
+            await asyncio.sleep(0.1)
+        areas = await page.evaluate(
+            "Array.from(document.querySelectorAll('area')).map(a => ({coords: a.coords, tip: a.dataset.tip}))"
+        )
+        left, top = await page.evaluate("(r => [r.left, r.top])(document.images[0].getBoundingClientRect())")
+        seen = []
+        for i, area in enumerate(areas):
+            cx, cy, _ = _circle(area)
+            await page.call("Input.dispatchMouseEvent", type="mouseMoved", x=left + cx, y=top + cy)
+            tip = await page.evaluate(
+                "(t => [getComputedStyle(t).display, t.textContent, t.getBoundingClientRect().left,"
+                " t.getBoundingClientRect().top])(document.getElementById('tip'))"
+            )
+            seen.append((area, [*tip, left + cx, top + cy]))
+            if i == 0:
+                await page.screenshot(screenshot)
+        return seen
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_interactive_front_shows_each_points_values_on_hover_in_a_browser(study, tmp_path):
+    _, uri = study
+    made, configs = pareto_files(load_study("reported", uri=uri), tmp_path / "front")
+    page_file = next(p for p in made if p.suffix == ".html")
+    with chromium(tmp_path / "chrome") as port:
+        seen = asyncio.run(_hover_every_area(port, page_file, _shots(tmp_path) / "analysis_pareto_hover.png"))
+    assert len(seen) >= 9 + len(configs)  # every trial (8 complete, 1 stopped) and every config mean
+    for area, (display, text, tip_x, tip_y, x, y) in seen:
+        cx, cy, r = map(float, area["coords"].split(","))
+        # an image map answers with the first area that holds the pointer: the front and means first
+        first = next(
+            a for a, _ in seen if np.hypot(*np.subtract(list(map(float, a["coords"].split(",")))[:2], (cx, cy))) <= r
+        )
+        assert display == "block" and text == first["tip"]
+        assert 0 < tip_x - x <= 20 and 0 < tip_y - y <= 20  # beside the pointer
+    shown = {text for _, (_, text, *_) in seen}
+    for config in configs["config"]:  # every config mean can be read off the figure, spelt as in the tables
+        assert any(text.startswith(config.replace("~", "\n") + "\n") and "mean over n=2" in text for text in shown)
+    assert not any("nan" in text for text in shown)
 
 
 def test_clear_errors(study, tmp_path, capsys):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import CHROMIUM, chromium, open_page
 from conftest import free_port, wait_http
 from mlflow.tracking import MlflowClient
 
@@ -98,68 +99,32 @@ def test_unreachable_tracking_server_fails_before_anything_runs(tmp_path):
     assert time.monotonic() - began < 30
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1400,900",
-]
-
-
 async def _browse(port: int, url: str, expected: list[str], screenshot: Path) -> str:
-    """Open `url` in headless Chromium over the DevTools protocol, expand the study's parent run,
-    wait until every `expected` text shows, save a screenshot; returns the page's text."""
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
-            page = next(t for t in await response.json() if t["type"] == "page")
-        async with http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            ids = iter(range(1, 10_000))
-
-            async def call(method: str, **params):
-                i = next(ids)
-                await ws.send_json({"id": i, "method": method, "params": params})
-                async for msg in ws:
-                    data = msg.json()
-                    if data.get("id") == i:
-                        return data.get("result", {})
-
-            async def text() -> str:
-                result = await call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
-                return result["result"].get("value", "")
-
-            await call("Page.navigate", url=url)
-            expander = 'button[data-component-id*="runnamecellrenderer"]'
-            deadline = time.monotonic() + 90
-            body = ""
-            while time.monotonic() < deadline:
-                body = await text()
-                if all(e in body for e in expected):
-                    break
-                await call("Runtime.evaluate", expression=f"document.querySelector('{expander}')?.click()")
-                time.sleep(1.0)
-            shot = await call("Page.captureScreenshot", format="png")
-            screenshot.write_bytes(__import__("base64").b64decode(shot["data"]))
-            return body
+    """Open `url` in the browser, expand the study's parent run, wait until every `expected` text
+    shows, save a screenshot; returns the page's text."""
+    async with open_page(port) as page:
+        await page.call("Page.navigate", url=url)
+        expander = 'button[data-component-id*="runnamecellrenderer"]'
+        deadline = time.monotonic() + 90
+        body = ""
+        while time.monotonic() < deadline:
+            body = await page.evaluate("document.body ? document.body.innerText : ''") or ""
+            if all(e in body for e in expected):
+                break
+            await page.evaluate(f"document.querySelector('{expander}')?.click()")
+            await asyncio.sleep(1.0)
+        await page.screenshot(screenshot)
+        return body
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
 def test_ui_lists_the_trial_runs_in_a_browser(tmp_path):
-    import asyncio
-
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     study = Study.from_dict({**STUDY, "name": "browsed", "tracking_uri": uri})
     run_study(study, storage=tmp_path / "studies")
     _, _, trials = _runs(uri, "browsed")
     names = [run.info.run_name for run in trials]
-    port, devtools = free_port(), free_port()
+    port = free_port()
     ui = subprocess.Popen(
         [*IMPRESS, "ui", "--store", uri, "--port", str(port), "--study", "browsed"],
         stdout=subprocess.PIPE,
@@ -167,34 +132,19 @@ def test_ui_lists_the_trial_runs_in_a_browser(tmp_path):
         text=True,
         start_new_session=True,
     )
-    browser = None
     try:
         printed = ui.stdout.readline() + ui.stdout.readline()
         assert f"http://127.0.0.1:{port}/#/experiments/" in printed  # the URL it prints ...
         url = printed.split()[-1]
         wait_http(f"http://127.0.0.1:{port}/health")  # ... is served on loopback
-        browser = subprocess.Popen(
-            [
-                CHROMIUM,
-                *CHROMIUM_FLAGS,
-                f"--remote-debugging-port={devtools}",
-                f"--user-data-dir={tmp_path / 'chrome'}",
-                "about:blank",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        wait_http(f"http://127.0.0.1:{devtools}/json/version")
         shots = Path(os.environ.get("IMPRESS_SCREENSHOTS", tmp_path))
         shots.mkdir(parents=True, exist_ok=True)
         shot = shots / "mlflow_ui_experiment.png"
-        body = asyncio.run(_browse(devtools, url, ["browsed", *names], shot))
+        with chromium(tmp_path / "chrome") as devtools:
+            body = asyncio.run(_browse(devtools, url, ["browsed", *names], shot))
         for name in names:
             assert name in body  # every trial's run is listed on the experiment page
         assert "browsed" in body and shot.stat().st_size > 20_000
     finally:
-        for proc in (ui, browser):
-            if proc is not None:
-                os.killpg(proc.pid, 9)
-                proc.wait()
+        os.killpg(ui.pid, 9)
+        ui.wait()
