@@ -120,7 +120,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from impress.study import Study
-    from impress.tuner import front_summary, resume_study, run_study, study_dir
+    from impress.study_outcome import front_summary
+    from impress.tuner import resume_study, run_study, study_dir
 
     if args.action == "sync":
         from impress.tuner import sync_study

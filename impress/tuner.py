@@ -13,6 +13,9 @@ Layout of a study's folder `<storage>/<name>/`:
     results/        each finished trial's results.json (accuracy matrix, bits, provenance)
     trials.csv      one row per trial: its values, state (complete / stopped early / failed), metrics
     front.csv, pareto.png   the non-dominated complete trials and the plot
+
+The files at the end come from `impress.study_outcome`; the driver's Tune callbacks (progress lines,
+MLflow) from `impress.tune_callbacks`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,12 +33,11 @@ import pandas as pd
 import yaml
 
 from impress.config import Config
-from impress.pareto import pareto_mask
 from impress.study import Study, StudyError
+from impress.study_outcome import TUNE_DIR, StudyOutcome, finish, text
+from impress.tune_callbacks import progress_callback, tracking_callback
 
-__all__ = ["StudyOutcome", "run_study", "resume_study", "sync_study", "study_dir", "trials_table", "front_summary"]
-
-TUNE_DIR = "tune"
+__all__ = ["run_study", "resume_study", "sync_study", "study_dir"]
 
 
 def study_dir(storage: str | Path, name: str) -> Path:
@@ -140,174 +141,11 @@ def _trial_params(study: Study, trial_config: dict[str, Any]) -> tuple[dict[str,
     values = {k: v for k, v in trial_config.items() if k != "point"} | dict(trial_config.get("point", {}))
     cfg = Config.from_dict({**_trial_base(study), **values})
     # NOTE: a trial's run is named by what distinguishes it within its study, then the seed
-    varied = "~".join(f"{k}={_fmt(v)}" for k, v in values.items() if k != "seed")
+    varied = "~".join(f"{k}={text(v)}" for k, v in values.items() if k != "seed")
     return cfg.to_dict(), {
         "impress.run_name": f"{varied}~seed={cfg.seed}" if varied else f"seed={cfg.seed}",
         "seed": str(cfg.seed),
     }
-
-
-def _tracking_callback(study: Study, root: Path, tracker):
-    """Forwards trial results to MLflow from the driver. A failing store never stops the study: the
-    results stay in Tune's records and `results/`, and `impress study sync` writes them later."""
-    from ray import tune
-
-    from impress.tracking import TrackingError, check_reachable, redact
-
-    class Tracking(tune.Callback):
-        def __init__(self) -> None:
-            self.warned = False
-
-        def __getstate__(self) -> dict:
-            # NOTE: Tune pickles its callbacks into tuner.pkl; the MLflow client is not picklable and
-            # a restored study installs fresh callbacks anyway (see `_tuner`)
-            return {"warned": self.warned}
-
-        def _safely(self, action, *args, **kwargs) -> None:
-            if tracker.missed:  # the store failed before: a quick look whether it is back, or skip
-                try:
-                    check_reachable(tracker.uri, timeout=1.0)
-                except TrackingError:
-                    return
-            try:
-                action(*args, **kwargs)
-            except Exception as err:  # noqa: BLE001 - any store failure must not end the study
-                tracker.missed = True
-                if not self.warned:
-                    print(
-                        f"warning: MLflow store {redact(tracker.uri)} failed ({type(err).__name__}: "
-                        f"{str(err).replace(tracker.uri, redact(tracker.uri))}); the study "
-                        f"goes on and keeps every result, and fills the store in when it is back",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    self.warned = True
-
-        def _ensure(self, trial) -> None:
-            if not tracker.has_run(trial.trial_id):  # the params are built once per trial, not per report
-                params, tags = _trial_params(study, trial.config)
-                tracker.trial_run(trial.trial_id, params=params, tags=tags)
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self._safely(self._ensure, trial)
-
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            def log() -> None:
-                self._ensure(trial)
-                tracker.log_task(trial.trial_id, result)
-
-            self._safely(log)
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            r = trial.last_result or {}
-            state = "complete" if r.get("tasks_done", 0) >= r.get("num_tasks", 1) else "stopped"
-
-            def finish() -> None:
-                self._ensure(trial)
-                tracker.finish_trial(
-                    trial.trial_id,
-                    state=state,
-                    results_dir=root / "results" / trial.trial_id,
-                    extra_tags={"tasks_done": str(r.get("tasks_done", 0))},
-                )
-
-            self._safely(finish)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            def fail() -> None:
-                self._ensure(trial)
-                tracker.finish_trial(
-                    trial.trial_id,
-                    state="failed",
-                    results_dir=None,
-                    extra_tags={"error": _trial_reason(trial)},
-                )
-
-            self._safely(fail)
-
-    return Tracking()
-
-
-def _callbacks(study: Study) -> list:
-    from ray import tune
-
-    class Progress(tune.Callback):
-        """One line per trial start, finish and failure, and a running count with the best so far."""
-
-        def __init__(self) -> None:
-            self.started = self.finished = self.failed = 0
-            self.best: float | None = None
-            self.t0 = time.monotonic()
-
-        def _line(self, text: str) -> None:
-            elapsed = time.monotonic() - self.t0
-            print(f"[{elapsed:7.1f}s] {text}", file=sys.stderr, flush=True)
-
-        def on_trial_start(self, iteration, trials, trial, **info):
-            self.started += 1
-            values = {k: v for k, v in trial.config.items() if k != "point"} | trial.config.get("point", {})
-            self._line(f"start  {trial.trial_id}  {_short(values)}")
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self.finished += 1
-            r = trial.last_result or {}
-            obj = study.objectives[0]
-            state = (
-                "complete"
-                if r.get("tasks_done", 0) >= r.get("num_tasks", 1)
-                else (f"stopped early after {r.get('tasks_done')} tasks")
-            )
-            value = r.get(obj.metric)
-            if state == "complete" and value is not None:
-                better = self.best is None or (value > self.best if obj.mode == "max" else value < self.best)
-                self.best = value if better else self.best
-            running = sum(t.status == "RUNNING" and t is not trial for t in trials)
-            best = "n/a" if self.best is None else f"{self.best:.4g}"
-            summary = "  ".join(f"{o.metric}={_fmt(r.get(o.metric))}" for o in study.objectives)
-            self._line(
-                f"done   {trial.trial_id}  {state}  {summary}  | {self.finished} finished, "
-                f"{running} running, best {obj.metric} {best}"
-            )
-
-        def on_trial_recover(self, iteration, trials, trial, **info):
-            retry = trial.run_metadata.num_failures
-            self._line(
-                f"failed {trial.trial_id}: {_trial_reason(trial)}; retrying from its last finished task "
-                f"(retry {retry} of {study.max_failures})"
-            )
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self.failed += 1
-            attempts = trial.run_metadata.num_failures
-            self._line(
-                f"failed {trial.trial_id} after {attempts} attempt{'s' * (attempts > 1)}, not retried again: "
-                f"{_trial_reason(trial)}"
-            )
-
-    return [Progress()]
-
-
-def _reason(error: Any) -> str:
-    """The last line of an error or of its trace (`module.ErrorType: message`), what a table can hold."""
-    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "unknown error"
-
-
-def _trial_reason(trial) -> str:
-    """Why a Tune trial failed last. NOTE: read from the trial's local error file; the copy in the
-    study's storage, which `Trial.get_error` reads, is synced later (after the final failure: too late)."""
-    path = trial.error_file
-    return _reason(Path(path).read_text() if path and Path(path).exists() else trial.get_error())
-
-
-def _short(values: dict[str, Any]) -> str:
-    return " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
 
 
 def _tuner(study: Study, root: Path, *, restore: bool, tracker=None):
@@ -319,7 +157,9 @@ def _tuner(study: Study, root: Path, *, restore: bool, tracker=None):
         tune.with_parameters(_trial, base=base, results_dir=str(root / "results")),
         {"cpu": study.resources.cpu, "gpu": study.resources.gpu},
     )
-    callbacks = _callbacks(study) + ([_tracking_callback(study, root, tracker)] if tracker is not None else [])
+    callbacks = [progress_callback(study)]
+    if tracker is not None:
+        callbacks.append(tracking_callback(tracker, root, lambda config: _trial_params(study, config)))
     if restore:
         tuner = tune.Tuner.restore(str(root / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
         # NOTE: Tune restores the callbacks pickled at the first start; give it live ones (this process's
@@ -359,93 +199,6 @@ def _tuner(study: Study, root: Path, *, restore: bool, tracker=None):
         verbose=0,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
-
-
-class StudyOutcome:
-    """What a finished (or interrupted) study produced."""
-
-    def __init__(self, root: Path, trials: pd.DataFrame, front: pd.DataFrame, complete: bool) -> None:
-        self.root, self.trials, self.front, self.complete = root, trials, front, complete
-
-
-def trials_table(study: Study, result_grid) -> pd.DataFrame:
-    """One row per trial: its values, state and final metrics."""
-    rows = []
-    for r in result_grid:
-        config = dict(r.config or {})
-        values = {**config.pop("point", {}), **config}
-        metrics = r.metrics or {}
-        done, total = metrics.get("tasks_done", 0), metrics.get("num_tasks", study.example_config().num_tasks)
-        state = "failed" if r.error is not None else ("complete" if done >= total else "stopped")
-        row = {
-            "trial_id": metrics.get("trial_id", Path(r.path).name),
-            "state": state,
-            "tasks_done": done,
-            "resumed_from": metrics.get("resumed_from", 0),
-        }
-        row.update(values)
-        row.update({k: v for k, v in metrics.items() if "/" in k and not k.startswith("acc/task_")})
-        if r.error is not None:
-            row["error"] = _reason(r.error)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _finish(study: Study, root: Path, result_grid) -> StudyOutcome:
-    trials = trials_table(study, result_grid).sort_values("trial_id").reset_index(drop=True)
-    trials.to_csv(root / "trials.csv", index=False)
-    objectives = [o for o in study.objectives if o.metric in trials]
-    complete = trials[trials["state"] == "complete"] if len(trials) else trials
-    front = complete.iloc[0:0]
-    if len(complete) and objectives:
-        on = pareto_mask(complete[[o.metric for o in objectives]].to_numpy(dtype=float), [o.mode for o in objectives])
-        front = complete[on].sort_values(objectives[-1].metric)
-    front.to_csv(root / "front.csv", index=False)
-    if len(objectives) == 2 and len(trials):
-        from impress.plots import plot_front
-
-        x, y = sorted(objectives, key=lambda o: not o.metric.startswith("bits"))  # bits on the x axis
-        try:
-            plot_front(
-                trials,
-                x=x.metric,
-                y=y.metric,
-                x_mode=x.mode,
-                y_mode=y.mode,
-                path=root / "pareto.png",
-                title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
-                group="granularity" if "granularity" in trials else None,
-            )
-        except Exception as err:  # noqa: BLE001 - a figure is a convenience: the study's records come first
-            print(f"warning: could not draw {root / 'pareto.png'} ({type(err).__name__}: {err})", file=sys.stderr)
-    if study.kind == "search":
-        _export_optuna(result_grid, study, root)
-    finished = len(trials) and not any(r.metrics is None for r in result_grid)
-    expected = study.trials if study.kind == "search" else len(study.grid_points())
-    return StudyOutcome(root, trials, front, complete=bool(finished) and len(trials) >= expected)
-
-
-def _export_optuna(result_grid, study: Study, root: Path) -> None:
-    """Copy the searcher's Optuna study into `optuna.db` (replaced each time the study ends)."""
-    import optuna
-
-    searcher_files = sorted((root / TUNE_DIR).glob("searcher-state-*.pkl"))
-    if not searcher_files:
-        return
-    import pickle
-
-    with open(searcher_files[-1], "rb") as f:
-        state = pickle.load(f)
-    source = state.get("_ot_study") if isinstance(state, dict) else None
-    if source is None:
-        return
-    db = root / "optuna.db"
-    db.unlink(missing_ok=True)
-    target = optuna.create_study(
-        storage=f"sqlite:///{db}", study_name=study.name, directions=[d.name.lower() for d in source.directions]
-    )
-    for t in source.get_trials(deepcopy=False):
-        target.add_trial(t)
 
 
 def _ray_address(address: str | None) -> str:
@@ -534,7 +287,7 @@ def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> Stu
     try:
         tuner = _tuner(study, root, restore=restore, tracker=tracker)
         result_grid = tuner.fit()
-        outcome = _finish(study, root, result_grid)
+        outcome = finish(study, root, result_grid)
     finally:
         if started:
             ray.shutdown()
@@ -626,35 +379,3 @@ def _as_yaml(study: Study) -> dict[str, Any]:
     if d["tracking_uri"] is None:
         del d["tracking_uri"]
     return d
-
-
-def front_summary(outcome: StudyOutcome, study: Study) -> str:
-    """The front as a table, plus mean and spread over seeds for grid studies."""
-    cols = [
-        c
-        for c in outcome.front.columns
-        if c in {p.name for p in study.search} | set(study.grid) | {k for c in study.cases for k in c} | {"seed"}
-    ]
-    metrics = [o.metric for o in study.objectives]
-    lines = [
-        f"{len(outcome.trials)} trials: "
-        + ", ".join(f"{n} {s}" for s, n in outcome.trials["state"].value_counts().items())
-    ]
-    lines.append(f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)}):")
-    if len(outcome.front):
-        lines.append(outcome.front[cols + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    else:
-        lines.append("  (no complete trials)")
-    failed = outcome.trials[outcome.trials["state"] == "failed"] if len(outcome.trials) else outcome.trials
-    if len(failed):
-        lines += ["", "failed trials (their reasons are in trials.csv and in their MLflow runs' `error` tag):"]
-        for _, t in failed.iterrows():
-            values = ", ".join(f"{c}={_fmt(t[c])}" for c in cols if c in t)
-            lines.append(f"  {t['trial_id']} ({values}): {t.get('error', 'unknown error')}")
-    if study.kind == "grid" and len(study.seeds) > 1 and len(outcome.trials):
-        complete = outcome.trials[outcome.trials["state"] == "complete"]
-        keys = [c for c in cols if c != "seed"]
-        if keys and len(complete):
-            agg = complete.groupby(keys, dropna=False)[metrics].agg(["mean", "std", "count"])
-            lines += ["", "mean, std and n over seeds:", agg.to_string(float_format=lambda v: f"{v:.4g}")]
-    return "\n".join(lines)

@@ -1,0 +1,153 @@
+"""What a study leaves when Tune is done: the trials table, the front, the Optuna export, a summary.
+
+trials.csv      one row per trial: its values, state (complete / stopped / failed), final metrics
+front.csv       the non-dominated complete trials; pareto.png draws them with every trial
+optuna.db       (searches) the searcher's Optuna study, exported to SQLite
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from impress.pareto import pareto_mask
+from impress.study import Study
+
+__all__ = ["StudyOutcome", "finish", "front_summary", "reason", "text", "trials_table"]
+
+TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
+
+
+class StudyOutcome:
+    """What a finished (or interrupted) study produced."""
+
+    def __init__(self, root: Path, trials: pd.DataFrame, front: pd.DataFrame, complete: bool) -> None:
+        self.root, self.trials, self.front, self.complete = root, trials, front, complete
+
+
+def trials_table(study: Study, result_grid) -> pd.DataFrame:
+    """One row per trial: its values, state and final metrics."""
+    rows = []
+    for r in result_grid:
+        config = dict(r.config or {})
+        values = {**config.pop("point", {}), **config}
+        metrics = r.metrics or {}
+        done, total = metrics.get("tasks_done", 0), metrics.get("num_tasks", study.example_config().num_tasks)
+        state = "failed" if r.error is not None else ("complete" if done >= total else "stopped")
+        row = {
+            "trial_id": metrics.get("trial_id", Path(r.path).name),
+            "state": state,
+            "tasks_done": done,
+            "resumed_from": metrics.get("resumed_from", 0),
+        }
+        row.update(values)
+        row.update({k: v for k, v in metrics.items() if "/" in k and not k.startswith("acc/task_")})
+        if r.error is not None:
+            row["error"] = reason(r.error)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def finish(study: Study, root: Path, result_grid) -> StudyOutcome:
+    trials = trials_table(study, result_grid).sort_values("trial_id").reset_index(drop=True)
+    trials.to_csv(root / "trials.csv", index=False)
+    objectives = [o for o in study.objectives if o.metric in trials]
+    complete = trials[trials["state"] == "complete"] if len(trials) else trials
+    front = complete.iloc[0:0]
+    if len(complete) and objectives:
+        on = pareto_mask(complete[[o.metric for o in objectives]].to_numpy(dtype=float), [o.mode for o in objectives])
+        front = complete[on].sort_values(objectives[-1].metric)
+    front.to_csv(root / "front.csv", index=False)
+    if len(objectives) == 2 and len(trials):
+        from impress.plots import plot_front
+
+        x, y = sorted(objectives, key=lambda o: not o.metric.startswith("bits"))  # bits on the x axis
+        try:
+            plot_front(
+                trials,
+                x=x.metric,
+                y=y.metric,
+                x_mode=x.mode,
+                y_mode=y.mode,
+                path=root / "pareto.png",
+                title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
+                group="granularity" if "granularity" in trials else None,
+            )
+        except Exception as err:  # noqa: BLE001 - a figure is a convenience: the study's records come first
+            print(f"warning: could not draw {root / 'pareto.png'} ({type(err).__name__}: {err})", file=sys.stderr)
+    if study.kind == "search":
+        _export_optuna(result_grid, study, root)
+    finished = len(trials) and not any(r.metrics is None for r in result_grid)
+    expected = study.trials if study.kind == "search" else len(study.grid_points())
+    return StudyOutcome(root, trials, front, complete=bool(finished) and len(trials) >= expected)
+
+
+def _export_optuna(result_grid, study: Study, root: Path) -> None:
+    """Copy the searcher's Optuna study into `optuna.db` (replaced each time the study ends)."""
+    import optuna
+
+    searcher_files = sorted((root / TUNE_DIR).glob("searcher-state-*.pkl"))
+    if not searcher_files:
+        return
+    import pickle
+
+    with open(searcher_files[-1], "rb") as f:
+        state = pickle.load(f)
+    source = state.get("_ot_study") if isinstance(state, dict) else None
+    if source is None:
+        return
+    db = root / "optuna.db"
+    db.unlink(missing_ok=True)
+    target = optuna.create_study(
+        storage=f"sqlite:///{db}", study_name=study.name, directions=[d.name.lower() for d in source.directions]
+    )
+    for t in source.get_trials(deepcopy=False):
+        target.add_trial(t)
+
+
+def front_summary(outcome: StudyOutcome, study: Study) -> str:
+    """The front as a table, plus mean and spread over seeds for grid studies."""
+    cols = [
+        c
+        for c in outcome.front.columns
+        if c in {p.name for p in study.search} | set(study.grid) | {k for c in study.cases for k in c} | {"seed"}
+    ]
+    metrics = [o.metric for o in study.objectives]
+    lines = [
+        f"{len(outcome.trials)} trials: "
+        + ", ".join(f"{n} {s}" for s, n in outcome.trials["state"].value_counts().items())
+    ]
+    lines.append(f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)}):")
+    if len(outcome.front):
+        lines.append(outcome.front[cols + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    else:
+        lines.append("  (no complete trials)")
+    failed = outcome.trials[outcome.trials["state"] == "failed"] if len(outcome.trials) else outcome.trials
+    if len(failed):
+        lines += ["", "failed trials (their reasons are in trials.csv and in their MLflow runs' `error` tag):"]
+        for _, t in failed.iterrows():
+            values = ", ".join(f"{c}={text(t[c])}" for c in cols if c in t)
+            lines.append(f"  {t['trial_id']} ({values}): {t.get('error', 'unknown error')}")
+    if study.kind == "grid" and len(study.seeds) > 1 and len(outcome.trials):
+        complete = outcome.trials[outcome.trials["state"] == "complete"]
+        keys = [c for c in cols if c != "seed"]
+        if keys and len(complete):
+            agg = complete.groupby(keys, dropna=False)[metrics].agg(["mean", "std", "count"])
+            lines += ["", "mean, std and n over seeds:", agg.to_string(float_format=lambda v: f"{v:.4g}")]
+    return "\n".join(lines)
+
+
+def reason(error: Any) -> str:
+    """The last line of an error or of its trace (`module.ErrorType: message`), what a table can hold."""
+    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "unknown error"
+
+
+def text(v: Any) -> str:
+    """A trial's value as short text (floats to 4 significant digits), for names and summaries."""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
