@@ -37,7 +37,17 @@ _BAND = 512  # weights the band aims to hold when the cut is predicted well
 _TRIES = 3  # bands tried (each wider, moved toward the cut) before the full selection
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(loop):
+    """`loop` compiled by numba (releasing the GIL), its machine code cached on disk beside this file
+    or in the user's cache, wherever numba finds room to write; on a read-only install without a
+    writable home, compiled afresh in each process instead (~0.6 s) rather than failing to import."""
+    try:
+        return numba.njit(cache=True, nogil=True)(loop)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(loop)
+
+
+@_compiled
 def _mask_and_band(s, w, out, lo, hi, band):  # pragma: no cover - compiled
     """out = w * (|s| > hi); the indices with lo < |s| <= hi into `band` (ascending; needs
     len(s) + _CHUNK slots). Returns (kept, band size)."""
@@ -68,7 +78,7 @@ def _mask_and_band(s, w, out, lo, hi, band):  # pragma: no cover - compiled
     return kept, size
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _straight_through_abs_grad(grad, w, s, out):  # pragma: no cover - compiled
     """out = (grad * w) * sign(s): the gradient of `w * mask(|s|)` w.r.t. s, straight through the mask."""
     for i in range(s.size):

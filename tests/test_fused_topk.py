@@ -3,9 +3,16 @@ its cache holds; and it is the path mask training really takes."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+import impress
 from impress.fused_topk import fused_applies, topk_masked_weight
 from impress.layers import MaskedConv2d, MaskedLinear, TopK, masked_layers, task_view
 from impress.masks import TopKCache, keep_count, topk_mask
@@ -149,3 +156,52 @@ def test_a_backbone_trains_its_scores_through_the_fused_path():
         net(torch.randn(4, 1, 8, 8)).sum().backward()
     assert all(layer.topk_cache.warm + layer.topk_cache.full == 2 for layer in masked_layers(net))
     assert all(layer.scores.grad is not None for layer in masked_layers(net))
+
+
+# A fresh process that imports the package from a read-only mount and checks the fused path there.
+_READ_ONLY_PROBE = """
+import sys, torch, impress
+from impress import fused_topk
+from impress.masks import TopKCache, topk_mask
+assert impress.__file__.startswith(sys.argv[1]), impress.__file__
+s, w = torch.randn(300, 200).requires_grad_(True), torch.randn(300, 200)
+cache = TopKCache()
+for _ in range(3):
+    fused = fused_topk.topk_masked_weight(s, w, 0.5, cache=cache)
+    assert torch.equal(fused, w * topk_mask(s, 0.5))
+    fused.sum().backward()
+assert cache.warm == 2 and torch.equal(s.grad, 3 * w * s.detach().sign())
+print("cached:", fused_topk._mask_and_band._cache.__class__.__name__)
+"""
+
+
+def test_a_read_only_install_without_a_writable_home_still_imports_and_computes(tmp_path):
+    """numba caches compiled code beside the source or in the user's cache; with neither writable
+    (a read-only container image, say) the loops compile in the process instead."""
+    stage, ro = tmp_path / "stage", tmp_path / "ro"
+    shutil.copytree(Path(impress.__file__).parent, stage / "impress", ignore=shutil.ignore_patterns("__pycache__"))
+    ro.mkdir()
+    mount = subprocess.run(["mount", "--bind", "-o", "ro", str(stage), str(ro)], capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot make a read-only mount here ({mount.stderr.strip()})")
+    try:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ro),
+            "HOME": str(ro),  # the user-wide cache (~/.cache/numba) is read-only too
+            "XDG_CACHE_HOME": str(ro / ".cache"),
+            "NUMBA_CACHE_DIR": str(ro / "numba"),
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", _READ_ONLY_PROBE, str(ro)],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]  # the package from the mount, not the checkout
+        assert "cached: NullCache" in proc.stdout  # compiled in the process, nothing written
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=True)
