@@ -49,8 +49,8 @@ def _compiled(loop):
 
 @_compiled
 def _mask_and_band(s, w, out, lo, hi, band):  # pragma: no cover - compiled
-    """out = w * (|s| > hi); the indices with lo < |s| <= hi into `band` (ascending; needs
-    len(s) + _CHUNK slots). Returns (kept, band size)."""
+    """out = w * (|s| > hi); the indices with lo < |s| <= hi into `band` (ascending; len(s) slots
+    suffice, as a write lands at most at the index being read). Returns (kept, band size)."""
     n = s.size
     kept = 0
     size = 0
@@ -96,7 +96,7 @@ def _select(s: torch.Tensor, w: torch.Tensor, k: int, cache: TopKCache) -> torch
         predicted = t = cache.predict()
         per_unit = cache.per_unit or n / max(2.0 * abs(t), 1e-30)  # magnitudes per unit of |s| near the cut
         half = max(3.0 * cache.error, 0.5 * _BAND / per_unit)
-        band = torch.empty(n + _CHUNK, dtype=torch.int64)
+        band = torch.empty(n, dtype=torch.int64)
         arrays = s.numpy(), w.numpy(), out.numpy()
         for _ in range(_TRIES):
             lo, hi = exact(t - half), exact(t + half)
