@@ -4,8 +4,9 @@
     topk          edge-popup scores trained through an exact top-k mask (SupSup's per-task learning)
     coefficients  ImpressLearn: only the mixing coefficients of m stored impressions are trained
 
-Each builder returns a closure that runs forward, backward and an Adam step on the next batch of a
-small fixed pool (so no step pays for data), and leaves the backbone in the state it trains in.
+Each builder returns a closure that runs forward, backward and an Adam step (the trainer's, from
+`impress.methods.OPTIMIZERS`, the same for every step) on the next batch of a small fixed pool (so
+no step pays for data), and leaves the backbone in the state it trains in.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from torch import nn
 
 from impress.backbones import build_backbone
 from impress.coefficients import CoeffLayout
+from impress.config import Config
 from impress.layers import TopK, masked_layers, task_view
+from impress.methods import OPTIMIZERS
 from impress.seeding import generator
 
 __all__ = ["Batches", "backbone", "batches", "dense_step", "topk_step", "coefficient_step", "store_random_bank"]
@@ -44,6 +47,10 @@ def batches(in_shape: Sequence[int], batch_size: int, *, count: int = 4, seed: i
     ]
 
 
+def _adam(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    return OPTIMIZERS["adam"](params, Config(), lr)
+
+
 def _step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim.Optimizer, data: Batches) -> Step:
     state = {"i": 0}
 
@@ -66,7 +73,7 @@ def dense_step(net: nn.Module, data: Batches, *, lr: float = 0.01) -> Step:
         with task_view(net, None):
             return net(x)
 
-    return _step(forward, torch.optim.Adam(weights, lr=lr), data)
+    return _step(forward, _adam(weights, lr), data)
 
 
 def topk_step(net: nn.Module, data: Batches, *, density: float = 0.5, lr: float = 0.01, fused: bool = True) -> Step:
@@ -78,7 +85,7 @@ def topk_step(net: nn.Module, data: Batches, *, density: float = 0.5, lr: float 
         with task_view(net, TopK(density, fused=fused)):
             return net(x)
 
-    return _step(forward, torch.optim.Adam(scores, lr=lr), data)
+    return _step(forward, _adam(scores, lr), data)
 
 
 def store_random_bank(net: nn.Module, m: int, *, density: float = 0.5, seed: int = 0) -> None:
@@ -97,4 +104,4 @@ def coefficient_step(net: nn.Module, data: Batches, *, m: int, granularity: str,
         with task_view(net, layout.sources(layout.coefficients(raw))):
             return net(x)
 
-    return _step(forward, torch.optim.Adam([raw], lr=lr), data)
+    return _step(forward, _adam([raw], lr), data)

@@ -25,7 +25,7 @@ from impress.masks import keep_count
 from impress.seeding import generator
 from impress.streams import Task, batches
 
-__all__ = ["SupSup", "ImpressLearn", "Finetune", "METHODS", "DivergedError", "train_epochs"]
+__all__ = ["SupSup", "ImpressLearn", "Finetune", "METHODS", "OPTIMIZERS", "DivergedError", "train_epochs"]
 
 Progress = Callable[[dict], None]
 
@@ -34,9 +34,19 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-_OPTIMIZERS = {
-    "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr),
-    "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum),
+def _fusable(params: list[nn.Parameter]) -> bool:
+    """Whether torch's fused (one kernel per step) optimizer can take `params`: floating point, all
+    on the CPU or all on CUDA."""
+    devices = {p.device.type for p in params}
+    return len(devices) == 1 and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+
+
+# NOTE: fused where torch has it. Measured on one core (FC-1024-1024's 1.86M weights): an Adam step
+# 4.3 -> 1.2 ms, SGD with momentum 1.5 -> 0.9 ms; on 64-256-256-10, Adam 0.24 -> 0.09 ms. Its
+# updates equal the unfused ones to float rounding (2e-7 after 50 steps), not bit for bit.
+OPTIMIZERS = {
+    "adam": lambda params, cfg, lr: torch.optim.Adam(params, lr=lr, fused=_fusable(params)),
+    "sgd": lambda params, cfg, lr: torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, fused=_fusable(params)),
     "rmsprop": lambda params, cfg, lr: torch.optim.RMSprop(params, lr=lr),
 }
 
@@ -55,7 +65,7 @@ def train_epochs(
 ) -> float:
     """Minimise cross-entropy of `forward` on the task's training data; returns the last epoch's mean loss."""
     x, y = task.train_data()
-    opt = _OPTIMIZERS[cfg.optimizer](list(params), cfg, lr)
+    opt = OPTIMIZERS[cfg.optimizer](list(params), cfg, lr)
     mean_loss = float("nan")
     for epoch in range(epochs):
         total = torch.zeros((), device=y.device)

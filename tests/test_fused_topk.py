@@ -3,17 +3,19 @@ its cache holds; and it is the path mask training really takes."""
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
 import impress
-from impress.fused_topk import fused_applies, topk_masked_weight
+from impress.fused_topk import _SIGNS, _weight_data, fused_applies, topk_masked_weight
 from impress.layers import MaskedConv2d, MaskedLinear, TopK, masked_layers, task_view
 from impress.masks import TopKCache, keep_count, topk_mask
 from impress.seeding import generator
@@ -37,19 +39,24 @@ def _check(scores: torch.Tensor, weight: torch.Tensor, density: float, cache: To
     assert int(torch.count_nonzero(fused)) == keep_count(scores.numel(), density)  # the weights have no zeros
 
 
-def _weight(shape, dtype=torch.float32, seed=0) -> torch.Tensor:
-    """A signed-constant weight like the backbones': no zeros, so the kept count shows in the product."""
+def _weight(shape, dtype=torch.float32, seed=0, kind: str = "signed") -> torch.Tensor:
+    """A signed-constant weight like the backbones' (read by the loops as int8 signs), or a normal one
+    (read as floats); no zeros, so the kept count shows in the product."""
+    if kind == "normal":
+        w = torch.randn(shape, generator=generator("weight", seed)).to(dtype)
+        return torch.where(w == 0, 1.0, w)
     return (torch.randint(0, 2, shape, generator=generator("weight", seed)) * 2 - 1).to(dtype) * 0.05
 
 
+@pytest.mark.parametrize("weights", ["signed", "normal"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("kind", ["walk", "drift", "ties", "jumps"])
-def test_a_training_sequence_equals_the_eager_path(dtype, kind):
+def test_a_training_sequence_equals_the_eager_path(dtype, kind, weights):
     """Scores changing as under an optimizer (and, for `jumps`, far beyond any band), with a shape
     that is not a multiple of the kernel's block: every step exact, and the band really used."""
     g = generator("fused_walk", kind)
     shape = (301, 203)
-    weight = _weight(shape, dtype)
+    weight = _weight(shape, dtype, kind=weights)
     scores = (torch.rand(shape, generator=g) * 2 - 1).to(dtype) * 0.05
     cache = TopKCache()
     for step in range(30):
@@ -66,10 +73,11 @@ def test_a_training_sequence_equals_the_eager_path(dtype, kind):
     assert cache.warm >= (20 if kind == "jumps" else 28)
 
 
+@pytest.mark.parametrize("weights", ["signed", "normal"])
 @pytest.mark.parametrize("n", [1, 7, 31, 32, 33, 1000, 65_537])
 @pytest.mark.parametrize("density", [0.01, 0.3, 0.5, 0.999, 1.0])
-def test_sizes_and_densities(n, density):
-    weight = _weight((n,), seed=n)
+def test_sizes_and_densities(n, density, weights):
+    weight = _weight((n,), seed=n, kind=weights)
     scores = torch.randn(n, generator=generator("fused_n", n))
     cache = TopKCache()
     for step in range(3):  # cold, then warm on the same and on slightly moved scores
@@ -111,6 +119,27 @@ def test_non_contiguous_scores_and_conv_shaped_weights():
     cache = TopKCache()
     for step in range(3):
         _check(scores * (1 + 1e-3 * step), weight, 0.5, cache, step)
+
+
+def test_a_signed_constant_weight_is_read_as_signs_until_it_changes():
+    weight = _weight((120, 90))
+    scores = torch.randn(120, 90, generator=generator("signs"))
+    cache = TopKCache()
+    w, scale = _weight_data(weight)
+    assert w.dtype == numpy.int8 and scale == numpy.float32(0.05)
+    assert torch.equal(torch.from_numpy(w).float() * float(scale), weight.flatten())
+    _check(scores, weight, 0.5, cache, 0)
+    with torch.no_grad():  # changed in place (a new version): read as floats from now on
+        weight[0, 0] = 0.07
+    assert _weight_data(weight)[0].dtype == numpy.float32
+    _check(scores, weight, 0.5, cache, 1)
+    weight.data = _weight((120, 90), seed=1)  # new storage, signed again: new signs
+    assert torch.equal(torch.from_numpy(_weight_data(weight)[0]).float() * 0.05, weight.flatten())
+    _check(scores, weight, 0.5, cache, 2)
+    key = id(weight)
+    del weight
+    gc.collect()
+    assert key not in _SIGNS  # the signs go with their weight
 
 
 def test_the_fused_path_applies_only_where_it_is_exact():
