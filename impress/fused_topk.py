@@ -115,8 +115,9 @@ def _select(s: torch.Tensor, w: torch.Tensor, k: int, cache: TopKCache, read: tu
         return w.clone()
     out = torch.empty_like(w)
     key = (n, k, s.dtype)
-    if cache.key == key and math.isfinite(cache.predict()):
-        predicted = t = cache.predict()
+    predicted = cache.predict() if cache.key == key else math.nan
+    if math.isfinite(predicted):
+        t = predicted
         per_unit = cache.per_unit or n / max(2.0 * abs(t), 1e-30)  # magnitudes per unit of |s| near the cut
         half = max(3.0 * cache.error, 0.5 * _BAND / per_unit)
         band = torch.empty(n, dtype=torch.int64)
@@ -157,11 +158,13 @@ def _weight_data(weight: torch.Tensor) -> tuple[numpy.ndarray, numpy.floating]:
     flat, one = weight.detach().reshape(-1), _REPRESENT[weight.dtype]
     identity = (weight._version, weight.data_ptr(), weight.dtype)
     known = _SIGNS.get(id(weight))
-    if known is None or known[0]() is not weight or known[1] != identity:
-        c = flat.abs().max() if flat.numel() else torch.zeros(())
-        signed = bool(c > 0) and bool((flat.abs() == c).all())
-        if known is None or known[0]() is not weight:
-            weakref.finalize(weight, _SIGNS.pop, id(weight), None)
+    if known is None or known[0]() is not weight:  # a weight not seen before (its id may be reused)
+        weakref.finalize(weight, _SIGNS.pop, id(weight), None)
+        known = None
+    if known is None or known[1] != identity:
+        mags = flat.abs()
+        c = mags.max() if flat.numel() else torch.zeros(())
+        signed = bool(c > 0) and bool((mags == c).all())
         known = weakref.ref(weight), identity, ((flat > 0).to(torch.int8) * 2 - 1, one(c)) if signed else None
         _SIGNS[id(weight)] = known
     if known[2] is None:

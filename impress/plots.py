@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from impress.pareto import over_seeds, seed_front
-from impress.tables import cell_text
+from impress.tables import cell_text, config_parts
 
 __all__ = ["Drawn", "plot_pareto", "plot_front", "plot_acc_vs_m", "plot_acc_matrix", "plot_task_curves"]
 
@@ -81,8 +81,7 @@ def _save(fig, ax, path: str | Path, points: list[dict]) -> Drawn:
 def _tip(row: pd.Series, by: Sequence[str], metrics: Sequence[str]) -> str:
     """Hover text: the config as `config_label` spells it (fields the method has no use for left
     out), then the metrics."""
-    parts = [f"{k}={cell_text(row[k])}" for k in by if k in row.index and cell_text(row[k])]
-    parts += [f"{m}={row[m]:.4g}" for m in metrics if pd.notna(row[m])]
+    parts = config_parts(row, by) + [f"{m}={row[m]:.4g}" for m in metrics if pd.notna(row[m])]
     return "\n".join(parts)
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from impress.pareto import over_seeds
 
 __all__ = [
+    "config_parts",
     "Table",
     "varied_columns",
     "variant",
@@ -105,9 +106,16 @@ def variant(row: pd.Series) -> str:
     return f"{name} {row['impressions']}" if method == "impresslearn" and "impressions" in row else name
 
 
+def config_parts(row: pd.Series, by: Sequence[str]) -> list[str]:
+    """`key=value` of each distinguishing column the row has a value in (a field its method does not
+    use is left out)."""
+    texts = ((k, cell_text(row[k])) for k in by if k in row.index)
+    return [f"{k}={text}" for k, text in texts if text]
+
+
 def config_label(row: pd.Series, by: Sequence[str]) -> str:
     """`key=value~key=value` of the distinguishing columns (the run-name convention)."""
-    return "~".join(f"{k}={cell_text(row[k])}" for k in by if cell_text(row[k])) or "all trials"
+    return "~".join(config_parts(row, by)) or "all trials"
 
 
 def summarise(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str]) -> pd.DataFrame:
