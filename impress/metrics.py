@@ -1,11 +1,26 @@
 """Continual-learning metrics from the accuracy matrix R, R[i, j] = accuracy on task j after
-learning task i (NaN where j > i)."""
+learning task i (NaN where j > i), and what a reported key that is a metric looks like."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
-__all__ = ["average_accuracy", "forgetting", "backward_transfer", "summary"]
+__all__ = [
+    "FLAT_METRICS",
+    "average_accuracy",
+    "forgetting",
+    "backward_transfer",
+    "summary",
+    "is_metric",
+    "is_task_metric",
+]
+
+# NOTE: metric names are hierarchical (`acc/avg`, `bits/per_task`, `task_infer/acc/fit`) except these
+# two summaries, which keep their names from the continual-learning literature. A flat key that is
+# not one of them is bookkeeping (`step`, `tasks_done`, ...) or Ray Tune's own (`timestamp`, `pid`, ...).
+FLAT_METRICS = ("forgetting", "bwt")
 
 
 def average_accuracy(R: np.ndarray, tasks: slice | None = None) -> float:
@@ -42,3 +57,15 @@ def summary(R: np.ndarray, *, dedicated_tasks: int = 0) -> dict[str, float]:
         "forgetting": forgetting(R),
         "bwt": backward_transfer(R),
     }
+
+
+def is_metric(key: str) -> bool:
+    """Whether a key of a trial's report is a metric (an MLflow metric, a trials.csv column): a
+    hierarchical name, whatever its group (`acc/avg`, `val/forgetting`), or one of FLAT_METRICS."""
+    return "/" in key or key in FLAT_METRICS
+
+
+def is_task_metric(key: str) -> bool:
+    """Whether a metric is one task's (`acc/task_003`): a cell of the accuracy matrix, kept as an
+    MLflow history rather than a column of a table of trials."""
+    return is_metric(key) and re.fullmatch(r"task_\d+", key.rsplit("/", 1)[-1]) is not None

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from impress.metrics import is_metric, is_task_metric
 from impress.pagemap import write_html
 from impress.pareto import seed_front
 from impress.plots import plot_acc_matrix, plot_acc_vs_m, plot_pareto, plot_task_curves
@@ -73,7 +74,7 @@ def prepare(records: StudyRecords) -> tuple[pd.DataFrame, list[str]]:
 def _need(trials: pd.DataFrame, metrics: list[str], name: str) -> None:
     missing = [m for m in metrics if m not in trials or not trials.loc[trials["complete"], m].notna().any()]
     if missing:
-        have = sorted(c for c in trials.columns if "/" in c and not c.startswith("acc/task_"))
+        have = sorted(c for c in trials.columns if is_metric(c) and not is_task_metric(c))
         raise ReportError(f"study {name!r}: no complete trial has {missing}; its metrics are {have}")
 
 

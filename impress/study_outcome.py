@@ -7,12 +7,14 @@ optuna.db       (searches) the searcher's Optuna study, exported to SQLite
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from impress.metrics import is_metric, is_task_metric
 from impress.pareto import pareto_mask
 from impress.study import Study
 
@@ -44,7 +46,7 @@ def trials_table(study: Study, result_grid) -> pd.DataFrame:
             "resumed_from": metrics.get("resumed_from", 0),
         }
         row.update(values)
-        row.update({k: v for k, v in metrics.items() if "/" in k and not k.startswith("acc/task_")})
+        row.update({k: v for k, v in metrics.items() if is_metric(k) and not is_task_metric(k)})
         if r.error is not None:
             row["error"] = reason(r.error)
         rows.append(row)
@@ -140,10 +142,19 @@ def front_summary(outcome: StudyOutcome, study: Study) -> str:
     return "\n".join(lines)
 
 
-def reason(error: Any) -> str:
-    """The last line of an error or of its trace (`module.ErrorType: message`), what a table can hold."""
+def reason(error: Any, *, limit: int = 300) -> str:
+    """The last line of an error or of its trace (`module.ErrorType: message`) in whole sentences, as
+    many as fit in `limit` characters (at least the first), what a table or one terminal line can hold."""
     lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    return lines[-1][:300] if lines else "unknown error"
+    if not lines:
+        return "unknown error"
+    first, *rest = re.split(r"(?<=[.!?])\s+", lines[-1])
+    kept = [first]
+    for sentence in rest:
+        if sum(len(s) + 1 for s in kept) + len(sentence) > limit:
+            break
+        kept.append(sentence)
+    return " ".join(kept)
 
 
 def text(v: Any) -> str:

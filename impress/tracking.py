@@ -17,6 +17,8 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
+from impress.metrics import is_metric
+
 __all__ = ["TrackingError", "StudyTracker", "default_tracking_uri", "check_reachable", "sync_from_tune", "redact"]
 
 TRIAL_TAG = "impress.trial_id"
@@ -166,7 +168,7 @@ class StudyTracker:
         batch = [
             Metric(k, float(v), ts or 0, step)
             for k, v in metrics.items()
-            if "/" in k and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if is_metric(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         ]
         self.client.log_batch(run_id, metrics=batch)
         self._logged[trial_id].add(step)

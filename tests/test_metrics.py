@@ -4,7 +4,17 @@ import math
 
 import numpy as np
 
-from impress.metrics import average_accuracy, backward_transfer, forgetting, summary
+from impress.config import Config
+from impress.metrics import (
+    FLAT_METRICS,
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    is_metric,
+    is_task_metric,
+    summary,
+)
+from impress.trainer import run
 
 NAN = float("nan")
 
@@ -36,3 +46,21 @@ def test_no_forgetting_when_rows_repeat():
 def test_single_task():
     R = np.array([[0.5]])
     assert forgetting(R) == 0.0 and backward_transfer(R) == 0.0 and average_accuracy(R) == 0.5
+
+
+BOOKKEEPING = {"step", "task", "tasks_done", "num_tasks", "resumed_from"}  # what the trainer reports about itself
+
+
+def test_every_key_the_trainer_reports_is_a_metric_but_its_bookkeeping():
+    """What decides which keys reach trials.csv and MLflow: a flat name the trainer adds without
+    listing it in FLAT_METRICS would fail here, not silently vanish from every study."""
+    rules = ("oneshot_h", "binary_g")
+    cfg = Config(m=1, num_tasks=2, epochs=1, widths=(16,), scenario="GNs", superfluous=1, infer_rules=rules)
+    reported = []
+    run(cfg, report=reported.append)
+    keys = set(reported[-1])
+    assert {k for k in keys if not is_metric(k)} == BOOKKEEPING
+    assert set(FLAT_METRICS) | set(summary(np.eye(2))) <= keys
+    assert {k for k in keys if is_task_metric(k)} == {"acc/task_000", "acc/task_001"}
+    assert {"task_infer/acc", "acc/gns", "task_infer/acc/oneshot_h", "time/infer_batch_ms/binary_g"} <= keys
+    assert not any(is_task_metric(k) for k in keys if k.startswith("task_infer/"))
