@@ -57,7 +57,7 @@ def save_checkpoint(directory: str | Path, payload: dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / FILENAME
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # NOTE: per writer: two trials of one config share a folder
     try:
         # NOTE: through a Python file object, so a failed write (full disk, file-size limit) surfaces
         # as its OSError; torch's own file writer reports only "iostream error"

@@ -182,15 +182,29 @@ def run(
     bits = _overhead(cfg, method)
     dedicated = T if cfg.method == "supsup" else (0 if cfg.method == "finetune" else bits.dedicated_tasks)
 
+    def row(t: int, inferred: dict[str, float]) -> dict[str, Any]:
+        """What is reported after task t: bookkeeping, then the metrics of R's first t + 1 rows."""
+        return {
+            "step": t,
+            "task": stream[t].name,
+            "tasks_done": t + 1,
+            "num_tasks": T,
+            "resumed_from": start,
+            **{f"acc/task_{j:03d}": R[t, j] for j in range(t + 1)},
+            **summary(R[: t + 1, : t + 1], dedicated_tasks=dedicated),
+            "bits/per_task": bits.per_task_bits,
+            "bits/total": bits.total_bits(t + 1),
+            "time/task_s": seconds[t],
+            **inferred,
+        }
+
     inferred: dict[str, float] = {}
     for t in range(start, T):
-        task = stream[t]
         began = time.perf_counter()
-        method.learn(task, progress)
+        method.learn(stream[t], progress)
         seconds.append(time.perf_counter() - began)
         for j in range(t + 1):
             R[t, j] = evaluate(method, stream[j])
-        metrics = summary(R[: t + 1, : t + 1], dedicated_tasks=dedicated)
         # NOTE: state is on disk before the report, so a report always has a checkpoint behind it
         if checkpoint_dir is not None:
             save_checkpoint(
@@ -205,23 +219,12 @@ def run(
             )
         if t == T - 1:  # the stream is learned: infer task identities (GN scenarios)
             inferred = _inferred(cfg, method, stream)
-        report(
-            {
-                "step": t,
-                "task": task.name,
-                "tasks_done": t + 1,
-                "num_tasks": T,
-                "resumed_from": start,
-                **{f"acc/task_{j:03d}": R[t, j] for j in range(t + 1)},
-                **metrics,
-                "bits/per_task": bits.per_task_bits,
-                "bits/total": bits.total_bits(t + 1),
-                "time/task_s": seconds[-1],
-                **inferred,
-            }
-        )
-    if start == T:  # resumed after the last task: nothing was learned or reported, but still infer
+        report(row(t, inferred))
+    if start == T:
+        # NOTE: resumed after the last task (a stop between the last checkpoint and the end of the
+        # run): nothing is learned again, but the caller still gets the final report it may have missed
         inferred = _inferred(cfg, method, stream)
+        report(row(T - 1, inferred))
 
     return Result(
         config=cfg.to_dict(),

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from impress.study import Study
 from impress.study_outcome import reason, text
@@ -15,12 +15,13 @@ from impress.study_outcome import reason, text
 __all__ = ["progress_callback", "tracking_callback", "trial_reason"]
 
 
-def progress_callback(study: Study):
-    """The terminal's view of a running study (stderr)."""
+def progress_callback(study: Study, out: TextIO = sys.stderr):
+    """The terminal's view of a running study (`out`, stderr by default)."""
     from ray import tune
 
     class Progress(tune.Callback):
-        """One line per trial start, finish and failure, and a running count with the best so far."""
+        """One line per trial start, finished task, finish and failure, with a running count and the
+        best value so far."""
 
         def __init__(self) -> None:
             self.started = self.finished = self.failed = 0
@@ -29,12 +30,19 @@ def progress_callback(study: Study):
 
         def _line(self, line: str) -> None:
             elapsed = time.monotonic() - self.t0
-            print(f"[{elapsed:7.1f}s] {line}", file=sys.stderr, flush=True)
+            print(f"[{elapsed:7.1f}s] {line}", file=out, flush=True)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             self.started += 1
             values = {k: v for k, v in trial.config.items() if k != "point"} | trial.config.get("point", {})
             self._line(f"start  {trial.trial_id}  {_short(values)}")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            done, total = result.get("tasks_done"), result.get("num_tasks")
+            if done is None or done >= total:  # the last task: the `done` line follows
+                return
+            values = "  ".join(f"{o.metric}={text(result[o.metric])}" for o in study.objectives if o.metric in result)
+            self._line(f"task   {trial.trial_id}  {done}/{total}  {values}".rstrip())
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.finished += 1
@@ -75,7 +83,9 @@ def progress_callback(study: Study):
     return Progress()
 
 
-def tracking_callback(tracker, root: Path, params_of: Callable[[dict[str, Any]], tuple[dict, dict]]):
+def tracking_callback(
+    tracker, root: Path, params_of: Callable[[dict[str, Any]], tuple[dict, dict]], out: TextIO = sys.stderr
+):
     """Forwards trial results to MLflow from the driver; `params_of(trial config)` gives a trial's run
     its (params, tags). A failing store never stops the study: the results stay in Tune's records
     and `results/`, and `impress study sync` writes them later."""
@@ -107,7 +117,7 @@ def tracking_callback(tracker, root: Path, params_of: Callable[[dict[str, Any]],
                         f"warning: MLflow store {redact(tracker.uri)} failed ({type(err).__name__}: "
                         f"{str(err).replace(tracker.uri, redact(tracker.uri))}); the study "
                         f"goes on and keeps every result, and fills the store in when it is back",
-                        file=sys.stderr,
+                        file=out,
                         flush=True,
                     )
                     self.warned = True

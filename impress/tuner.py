@@ -7,8 +7,11 @@ interrupted study resumes (`impress study resume NAME`) with every trial's resul
 Layout of a study's folder `<storage>/<name>/`:
 
     study.yaml      the validated study (what `resume` runs)
-    tune/           Tune's experiment: trial states, checkpoints, and the searcher state, which holds
-                    the Optuna study (so Tune's trials and Optuna's record are saved together)
+    study.log       everything Ray, Tune and MLflow print while the study runs (the terminal shows
+                    the study's own lines, which the log holds too)
+    tune/           Tune's experiment: trial states and the searcher state, which holds the Optuna
+                    study (so Tune's trials and Optuna's record are saved together)
+    checkpoints/    each trial's per-task checkpoint, in a folder named by its config
     optuna.db       the Optuna study exported to SQLite when the study ends (`optuna.load_study`)
     results/        each finished trial's results.json (accuracy matrix, bits, provenance)
     trials.csv      one row per trial: its values, state (complete / stopped early / failed), metrics
@@ -20,11 +23,13 @@ MLflow) from `impress.tune_callbacks`.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import os
-import shutil
 import sys
-import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,15 @@ import yaml
 
 from impress.config import Config
 from impress.study import Study, StudyError
+from impress.study_log import study_log
 from impress.study_outcome import TUNE_DIR, StudyOutcome, finish, text
+from impress.tracking import check_reachable, default_tracking_uri
 from impress.tune_callbacks import progress_callback, tracking_callback
 
-__all__ = ["run_study", "resume_study", "sync_study", "study_dir"]
+__all__ = ["run_study", "resume_study", "sync_study", "study_dir", "checkpoint_folder", "has_state"]
+
+CHECKPOINTS_DIR = "checkpoints"
+LOG_FILE = "study.log"
 
 
 def study_dir(storage: str | Path, name: str) -> Path:
@@ -48,28 +58,34 @@ def study_dir(storage: str | Path, name: str) -> Path:
 # The trial: runs on a Ray worker
 
 
-def _trial(params: dict[str, Any], *, base: dict[str, Any], results_dir: str) -> None:
-    """One task-stream run. Reports after every task with the per-task checkpoint attached."""
+def _trial_values(trial_config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's own config values from Tune's trial config (a grid point, or Optuna's proposal and the seed)."""
+    return {k: v for k, v in trial_config.items() if k != "point"} | dict(trial_config.get("point", {}))
+
+
+def checkpoint_folder(root: Path, cfg: Config) -> Path:
+    """Where a trial of `cfg` keeps its per-task checkpoint: in the study's folder, named by the config.
+
+    NOTE: not Tune's checkpoints. Tune restores a trial from the checkpoint its last experiment
+    snapshot names, and snapshots lag behind reports (Ray 2.60 writes one at most every 10 s): a
+    study stopped in between repeated every task since that snapshot, or all of them. A folder
+    named by what the trial computes is found again whatever Tune's snapshot says, even by a trial
+    that Tune re-creates under a new id; device and threads do not change the results."""
+    same = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "threads")}
+    key = hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(root) / CHECKPOINTS_DIR / key
+
+
+def _trial(params: dict[str, Any], *, base: dict[str, Any], root: str) -> None:
+    """One task-stream run, continued after its last finished task if it ran before. Reports after
+    every task, once that task's checkpoint is on disk."""
     from ray import tune
 
     from impress.trainer import run
 
-    values = dict(params.get("point", {}))
-    values.update({k: v for k, v in params.items() if k != "point"})
-    cfg = Config.from_dict({**base, **values})
-    work = Path(tempfile.mkdtemp(prefix="impress-trial-"))
-    try:
-        if (checkpoint := tune.get_checkpoint()) is not None:
-            checkpoint.to_directory(str(work))  # continue after the last finished task
-
-        def report(metrics: dict[str, Any]) -> None:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
-
-        result = run(cfg, report, checkpoint_dir=work)
-        trial_id = tune.get_context().get_trial_id()
-        result.write(Path(results_dir) / trial_id)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    cfg = Config.from_dict({**base, **_trial_values(params)})
+    result = run(cfg, lambda metrics: tune.report(metrics), checkpoint_dir=checkpoint_folder(Path(root), cfg))
+    result.write(Path(root) / "results" / tune.get_context().get_trial_id())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +154,7 @@ def _trial_base(study: Study) -> dict[str, Any]:
 
 def _trial_params(study: Study, trial_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """MLflow params (the trial's whole config) and naming tags from Tune's trial config."""
-    values = {k: v for k, v in trial_config.items() if k != "point"} | dict(trial_config.get("point", {}))
+    values = _trial_values(trial_config)
     cfg = Config.from_dict({**_trial_base(study), **values})
     # NOTE: a trial's run is named by what distinguishes it within its study, then the seed
     varied = "~".join(f"{k}={text(v)}" for k, v in values.items() if k != "seed")
@@ -148,18 +164,18 @@ def _trial_params(study: Study, trial_config: dict[str, Any]) -> tuple[dict[str,
     }
 
 
-def _tuner(study: Study, root: Path, *, restore: bool, tracker=None):
+def _tuner(study: Study, root: Path, *, restore: bool, tracker=None, out=sys.stderr):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     base = _trial_base(study)
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, results_dir=str(root / "results")),
+        tune.with_parameters(_trial, base=base, root=str(root)),
         {"cpu": study.resources.cpu, "gpu": study.resources.gpu},
     )
-    callbacks = [progress_callback(study)]
+    callbacks = [progress_callback(study, out)]
     if tracker is not None:
-        callbacks.append(tracking_callback(tracker, root, lambda config: _trial_params(study, config)))
+        callbacks.append(tracking_callback(tracker, root, lambda config: _trial_params(study, config), out))
     if restore:
         tuner = tune.Tuner.restore(str(root / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True)
         # NOTE: Tune restores the callbacks pickled at the first start; give it live ones (this process's
@@ -194,7 +210,6 @@ def _tuner(study: Study, root: Path, *, restore: bool, tracker=None):
         name=TUNE_DIR,
         storage_path=str(root),
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         callbacks=callbacks,
         verbose=0,
     )
@@ -217,6 +232,10 @@ def _init_ray(address: str) -> bool:
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # NOTE: else Tune prints its own boxes despite verbose=0
     if address == "local":
+        # NOTE: Ray starts its workers at nice 15, so any other busy process on the machine starves a
+        # study's trials (measured: no task finished in 7 minutes while two shell loops kept both
+        # cores busy). The trials are the study's work: they run at the priority of this command.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         # NOTE: Ray's metrics exporters answer anyone on 0.0.0.0 without its auth token (measured:
         # tests/faults/test_security.py); a local study has no use for them. Ray also replaces a
         # loopback node address by the machine's routable one unless told it runs on one machine
@@ -242,10 +261,10 @@ def _init_ray(address: str) -> bool:
     return True
 
 
-def _tracker(study: Study, root: Path):
-    """The study's MLflow writer; an unreachable server fails here, before Ray starts."""
+def _tracker(study: Study, root: Path, uri: str):
+    """The study's MLflow writer in the store at `uri`."""
     from impress.provenance import provenance
-    from impress.tracking import StudyTracker, default_tracking_uri
+    from impress.tracking import StudyTracker
 
     prov = provenance()
     tags = {
@@ -255,9 +274,7 @@ def _tracker(study: Study, root: Path):
         "impress.folder": str(root),
         **{f"version.{k}": str(v) for k, v in prov["versions"].items()},
     }
-    return StudyTracker(
-        default_tracking_uri(study.tracking_uri), study_name=study.name, question=study.question, tags=tags
-    )
+    return StudyTracker(uri, study_name=study.name, question=study.question, tags=tags)
 
 
 def _check_data(study: Study) -> None:
@@ -275,33 +292,63 @@ def _check_data(study: Study) -> None:
             SOURCES[source](data_root, download)
 
 
-def _fit(study: Study, root: Path, *, address: str | None, restore: bool) -> StudyOutcome:
+def _fit(study: Study, root: Path, *, address: str | None, restore: bool, create=None) -> StudyOutcome:
+    """Check everything that can be checked here, then `create()` the study's folder (a new study),
+    then run it with Ray's output in the study's log and the study's own lines on the terminal."""
     _trial_base(study)  # a device the trial's resources cannot serve fails here, before Ray starts
     address = _ray_address(address)
     if address == "local":
         _check_data(study)
-    tracker = _tracker(study, root)
-    started = _init_ray(address)  # NOTE: the first import of Ray: it reads its settings from the environment
-    import ray
+    uri = default_tracking_uri(
+        study.tracking_uri
+    )  # NOTE: before the chdir below: mlflow.db is in the working directory
+    check_reachable(uri)
+    if create is not None:
+        create()  # NOTE: only now: a study refused above leaves no folder behind
+    with _in_folder(root), study_log(root / LOG_FILE) as out:
+        print(f"study {study.name}: {root} (Ray's output: {root / LOG_FILE})", file=out)
+        tracker = _tracker(study, root, uri)
+        started = _init_ray(address)  # NOTE: the first import of Ray: it reads its settings from the environment
+        import ray
 
-    try:
-        tuner = _tuner(study, root, restore=restore, tracker=tracker)
-        result_grid = tuner.fit()
-        outcome = finish(study, root, result_grid)
-    finally:
-        if started:
-            ray.shutdown()
-    try:
-        if tracker.missed:  # the store was away for part of the study: fill it in from the study's records
-            _sync(study, root, tracker)
-        else:
-            tracker.finish_study(files=[root / n for n in STUDY_FILES], complete=outcome.complete)
-    except Exception as err:  # noqa: BLE001 - the study's own files hold everything
-        print(
-            f"warning: could not write the study to MLflow ({err}); run `impress study sync {study.name}` later",
-            file=sys.stderr,
-        )
+        try:
+            tuner = _tuner(study, root, restore=restore, tracker=tracker, out=out)
+            result_grid = tuner.fit()
+            outcome = finish(study, root, result_grid)
+        finally:
+            if started:
+                ray.shutdown()
+        try:
+            if tracker.missed:  # the store was away for part of the study: fill it in from the study's records
+                _sync(study, root, tracker)
+            else:
+                tracker.finish_study(files=[root / n for n in STUDY_FILES], complete=outcome.complete)
+        except Exception as err:  # noqa: BLE001 - the study's own files hold everything
+            print(
+                f"warning: could not write the study to MLflow ({err}); run `impress study sync {study.name}` later",
+                file=out,
+            )
     return outcome
+
+
+@contextlib.contextmanager
+def _in_folder(root: Path) -> Iterator[None]:
+    """Work in the study's folder while it runs.
+
+    NOTE: a cluster job's driver starts in the job's working_dir, and Ray 2.60 deletes that folder and
+    fetches it anew when the driver connects (measured), after which Tune fails in `os.getcwd()`.
+    Every path the study uses is absolute."""
+    try:
+        before = os.getcwd()
+    except FileNotFoundError:
+        before = None
+    os.chdir(root)
+    try:
+        yield
+    finally:
+        if before is not None:
+            with contextlib.suppress(OSError):
+                os.chdir(before)
 
 
 STUDY_FILES = ("study.yaml", "trials.csv", "front.csv", "pareto.png")  # logged to the study's parent run
@@ -327,20 +374,23 @@ def sync_study(name: str, *, storage: str | Path = "runs/studies") -> int:
     if not (root / "study.yaml").exists():
         raise StudyError(f"no study {name!r} under {Path(storage).resolve()} (expected {root / 'study.yaml'})")
     study = Study.from_yaml(root / "study.yaml")
-    return _sync(study, root, _tracker(study, root))
+    return _sync(study, root, _tracker(study, root, default_tracking_uri(study.tracking_uri)))
 
 
 def run_study(study: Study, *, storage: str | Path = "runs/studies", address: str | None = None) -> StudyOutcome:
     """Run a study from the start. Its folder must not hold an earlier run (resume that instead)."""
     root = study_dir(storage, study.name)
-    if (root / TUNE_DIR).exists():
+    if has_state(root):
         raise StudyError(
             f"study {study.name!r} already has results in {root}; continue it with "
             f"`impress study resume {study.name} --storage {Path(storage)}` or remove the folder"
         )
-    (root / "results").mkdir(parents=True, exist_ok=True)
-    (root / "study.yaml").write_text(yaml.safe_dump(_as_yaml(study), sort_keys=False))
-    return _fit(study, root, address=address, restore=False)
+
+    def create() -> None:
+        (root / "results").mkdir(parents=True, exist_ok=True)
+        (root / "study.yaml").write_text(yaml.safe_dump(_as_yaml(study), sort_keys=False))
+
+    return _fit(study, root, address=address, restore=False, create=create)
 
 
 def resume_study(name: str, *, storage: str | Path = "runs/studies", address: str | None = None) -> StudyOutcome:
@@ -349,14 +399,17 @@ def resume_study(name: str, *, storage: str | Path = "runs/studies", address: st
     if not (root / "study.yaml").exists():
         raise StudyError(f"no study {name!r} under {Path(storage).resolve()} (expected {root / 'study.yaml'})")
     study = Study.from_yaml(root / "study.yaml")
-    from ray import tune
-
-    if not tune.Tuner.can_restore(str(root / TUNE_DIR)):
+    if not has_state(root):
         raise StudyError(
-            f"study {name!r} in {root} has no Tune state to resume; run it again with "
-            f"`impress study run` after removing the folder"
+            f"study {name!r} in {root} stopped before Tune saved its state, so there is nothing to resume; "
+            f"start it again with `impress study run {root / 'study.yaml'} --storage {Path(storage)}`"
         )
     return _fit(study, root, address=address, restore=True)
+
+
+def has_state(root: Path) -> bool:
+    """Whether the study in `root` got as far as Tune saving its experiment (what resume restores)."""
+    return any((root / TUNE_DIR).glob("experiment_state-*.json"))
 
 
 def _as_yaml(study: Study) -> dict[str, Any]:

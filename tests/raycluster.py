@@ -80,6 +80,7 @@ class Cluster:
             "RAY_AUTH_TOKEN_PATH": str(token),
             "IMPRESS_TEST_CLUSTER": str(root),  # the teardown's marker
             "RAY_USAGE_STATS_ENABLED": "0",
+            "RAY_worker_niceness": "0",  # as the cluster configs in cluster/: trials are the nodes' work
         }
         self.env.pop("RAY_ADDRESS", None)
         (self.gcs, self.dashboard, self.client_port, *self.node_ports) = _free_ports(3 + 2 * 6)
@@ -112,7 +113,7 @@ class Cluster:
         for ports, head in ((self.node_ports[:6], True), (self.node_ports[6:], False)):
             env = self.env if head else {**self.env, "IMPRESS_TEST_NODE": self.worker_mark}
             subprocess.run(self._node(ports, head), env=env, check=True, capture_output=True, timeout=120)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 300
         while len(self.alive_nodes()) < 2:
             assert time.monotonic() < deadline, "the second node never joined"
             time.sleep(1)

@@ -72,6 +72,13 @@ def test_launcher_config_turns_token_auth_on_and_exposes_nothing(launcher):
     assert "0.0.0.0" not in (CLUSTER / "ray-cluster.yaml").read_text()
 
 
+def test_every_node_runs_trials_at_normal_priority(launcher):
+    """Ray's default nice 15 for workers starves trials beside any busy process (tests/test_tuner.py)."""
+    starts = launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+    assert all("RAY_worker_niceness=0" in c for c in starts if "ray start" in c)
+    assert "ENV RAY_worker_niceness=0" in (CLUSTER / "Dockerfile").read_text()  # every KubeRay pod's image
+
+
 def test_launcher_config_shares_storage_and_matches_the_installed_ray(launcher):
     assert any(f"{SHARED}:{SHARED}" in o for o in launcher["docker"]["run_options"])
     assert any(f"mkdir -p {jobs.DEFAULT_STORAGE}" in c for c in launcher["initialization_commands"])

@@ -19,6 +19,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 from raycluster import Cluster
+from studystate import tasks_checkpointed
+
+from impress.config import Config
+from impress.tuner import checkpoint_folder
 
 pytestmark = pytest.mark.slow
 
@@ -74,16 +78,19 @@ def test_study_runs_on_two_nodes_survives_a_stop_and_lands_in_mlflow(cluster):
     again = cluster.impress(*submit, "--no-wait")  # no double submission while an attempt is live
     assert again.returncode == 2 and "already running" in again.stderr, again.stderr
 
-    deadline = time.monotonic() + 300  # interrupt the study once a trial has reported its first task
-    while not any(r.stat().st_size for r in (storage / name / "tune").glob("*/result.json")):
+    # interrupt the study once a trial has a finished task on disk (its checkpoint): state, not time
+    root = storage / name
+    deadline = time.monotonic() + 900
+    while not tasks_checkpointed(root):
         assert time.monotonic() < deadline, cluster.impress("status", name).stdout
         time.sleep(0.2)
     t0 = time.monotonic()
     stopped = cluster.impress("stop", name)
     stop_s = time.monotonic() - t0
     assert stopped.returncode == 0 and "STOPPED" in stopped.stderr, stopped.stderr
-    finished_before = len(list(results.iterdir()))
-    assert finished_before < 4, "the study finished before it could be interrupted"
+    at_stop = tasks_checkpointed(root)  # what every trial had finished when the study stopped
+    finished_before = {p.name for p in results.iterdir()}
+    assert len(finished_before) < 4, "the study finished before it could be interrupted"
 
     second = cluster.impress(*submit)  # the next attempt resumes the study and streams its log
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
@@ -98,8 +105,15 @@ def test_study_runs_on_two_nodes_survives_a_stop_and_lands_in_mlflow(cluster):
 
     trials = pd.read_csv(storage / name / "trials.csv")
     assert len(trials) == 4 and set(trials["state"]) == {"complete"} and trials["trial_id"].is_unique
-    assert trials["resumed_from"].max() >= 1  # an interrupted trial continued after its last finished task
     assert sorted(p.name for p in results.iterdir()) == sorted(trials["trial_id"])
+    # no trial repeated a task it had finished before the stop: each continued after its checkpoint
+    interrupted = 0
+    for _, trial in trials[~trials["trial_id"].isin(finished_before)].iterrows():
+        config = json.loads((results / trial["trial_id"] / "results.json").read_text())["config"]
+        done = at_stop.get(checkpoint_folder(root, Config.from_dict(config)).name, 0)
+        assert trial["resumed_from"] >= done, (trial["trial_id"], done, trial["resumed_from"])
+        interrupted += 0 < done < STUDY["base"]["num_tasks"]
+    assert interrupted >= 1, f"no trial was stopped mid-stream ({at_stop}): the test would prove nothing"
 
     # the trials ran on both nodes: each trial's worker pid (Tune's record) -> its actor's node, as
     # seen while the actors lived (Ray forgets a stopped job's actors)
@@ -113,8 +127,8 @@ def test_study_runs_on_two_nodes_survives_a_stop_and_lands_in_mlflow(cluster):
     }
     nodes = {watcher.node_of[pid] for pid in pids if pid in watcher.node_of}
     assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s) ({len(pids)} worker pids, {watcher.node_of})"
-    print(f"\n{finished_before} of 4 trials finished before the stop; trial workers on {len(nodes)} nodes;")
-    print(f"resumed from tasks {sorted(trials['resumed_from'])}; stop took {stop_s:.1f} s")
+    print(f"\n{len(finished_before)} of 4 trials finished before the stop; trial workers on {len(nodes)} nodes;")
+    print(f"tasks done at the stop {at_stop}; resumed from {sorted(trials['resumed_from'])}; stop took {stop_s:.1f} s")
 
     # every trial is in MLflow exactly once, complete, under the study's parent run
     client = MlflowClient(tracking_uri=store)

@@ -86,17 +86,22 @@ def test_unreachable_tracking_server_fails_before_anything_runs(tmp_path):
     port = free_port()  # nothing listens there
     study_file = tmp_path / "s.yaml"
     study_file.write_text(yaml.safe_dump({**STUDY, "tracking_uri": f"http://127.0.0.1:{port}"}))
-    began = time.monotonic()
     proc = subprocess.run(
         [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "studies")],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 2
     assert f"MLflow tracking server http://127.0.0.1:{port} is unreachable" in proc.stderr
-    assert not list((tmp_path / "studies").glob("*/results/*"))
-    assert time.monotonic() - began < 30
+    assert not (tmp_path / "studies").exists()  # nothing written (the folder comes right before Ray)
+    resume = subprocess.run(
+        [*IMPRESS, "study", "resume", STUDY["name"], "--storage", str(tmp_path / "studies")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resume.returncode == 2 and f"no study {STUDY['name']!r}" in resume.stderr, resume.stderr
 
 
 async def _browse(port: int, url: str, expected: list[str], screenshot: Path) -> str:
@@ -105,7 +110,7 @@ async def _browse(port: int, url: str, expected: list[str], screenshot: Path) ->
     async with open_page(port) as page:
         await page.call("Page.navigate", url=url)
         expander = 'button[data-component-id*="runnamecellrenderer"]'
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300
         body = ""
         while time.monotonic() < deadline:
             body = await page.evaluate("document.body ? document.body.innerText : ''") or ""

@@ -55,7 +55,15 @@ def test_old_tasks_are_bit_identical_after_later_tasks(cfg):
 
 def test_resume_is_exact(tmp_path):
     cfg = Config(m=2, num_tasks=5, epochs=2, widths=(64, 64))
-    full = run(cfg, checkpoint_dir=tmp_path / "full")
+    first: list[dict] = []
+    full = run(cfg, report=first.append, checkpoint_dir=tmp_path / "full")
+    # resumed after the last task (stopped before its report reached anyone): the final report again,
+    # nothing learned again
+    again: list[dict] = []
+    run(cfg, report=again.append, checkpoint_dir=tmp_path / "full")
+    assert [m["step"] for m in again] == [4] and again[0]["resumed_from"] == 5
+    same = [k for k in first[-1] if k != "resumed_from"]
+    assert {k: again[0][k] for k in same} == {k: first[-1][k] for k in same}
 
     class Stop(Exception):
         pass

@@ -70,7 +70,7 @@ def _check_failed_run(proc, run_dir: Path, reason: str, after_two: dict) -> None
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"error: {path}: could not write the checkpoint of 3 finished tasks ({reason})" in proc.stderr
     assert "previous checkpoint is unchanged" in proc.stderr and "Traceback" not in proc.stderr
-    assert not path.with_suffix(".tmp").exists()  # no partial file left to fill the disk
+    assert sorted(p.name for p in path.parent.iterdir()) == [FILENAME]  # no partial file left to fill the disk
     kept = load_checkpoint(path.parent)  # the checkpoint of 2 tasks, whole
     assert kept["tasks_done"] == 2
     np.testing.assert_array_equal(kept["acc_matrix"], after_two["acc_matrix"])  # NaN above the diagonal

@@ -128,7 +128,7 @@ def test_a_local_study_listens_on_loopback_only(tmp_path):
     )
     seen: set[tuple[str, int, str]] = set()
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         while driver.poll() is None and time.monotonic() < deadline:  # Ray's agents start after the GCS
             seen |= listening(driver.pid)
             time.sleep(0.2)

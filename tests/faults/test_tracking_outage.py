@@ -54,7 +54,7 @@ def test_server_away_mid_study_loses_and_duplicates_nothing(tmp_path, mlflow_ser
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 900
         while _finished(root) < 1 and time.monotonic() < deadline:
             assert driver.poll() is None, driver.stderr.read()[-3000:]
             time.sleep(0.1)
