@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from impress.data_root import resolve_data_root
 from impress.seeding import generator
 
 __all__ = ["Source", "Task", "Stream", "SOURCES", "STREAMS", "DatasetMissingError", "build_stream", "batches"]
@@ -24,7 +24,7 @@ SPLIT_SEED = 0  # the train/test split of a source never changes with the run's 
 
 
 class DatasetMissingError(FileNotFoundError):
-    """A torchvision dataset is not under the given root."""
+    """A torchvision dataset is not under the data root (`data_root`, else the default data folder)."""
 
 
 @dataclass(frozen=True)
@@ -57,25 +57,36 @@ def _digits(root: str | None = None, download: bool = False) -> Source:
     return Source("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], num_classes=10)
 
 
-def _torchvision(name: str, cls_name: str, num_classes: int, how: str) -> Callable[..., Source]:
+def _missing(name: str, cls_name: str, how: str, fetch: str | None, root: str | None, err: Exception) -> str:
+    """Where `cls_name` was looked for, and how to get it there."""
+    folder = resolve_data_root(root).resolve()
+    default = " (the default data folder: $IMPRESS_DATA, else ~/.cache/impress/data)" if root is None else ""
+    if fetch:
+        obtain = f"Get it with `{fetch}`" if root is None else f"Get it with `{fetch} --root {root}`"
+    else:
+        obtain = (
+            f"Obtain it with `impress run --source {name} --data_root {folder} --download true` "
+            f"on a machine with internet access"
+        )
+    return f"{cls_name} not found under {folder}{default}: {err}. {obtain}, or copy it there ({how})."
+
+
+def _torchvision(
+    name: str, cls_name: str, num_classes: int, how: str, *, fetch: str | None = None
+) -> Callable[..., Source]:
+    """A torchvision dataset under `root` (None: the default data folder); `fetch` is the command
+    that puts it there without internet access, if there is one."""
+
     def load(root: str | None = None, download: bool = False) -> Source:
         import torchvision.datasets as tvd
 
-        if root is None:
-            raise DatasetMissingError(
-                f"source {name!r} needs `data_root`: a folder holding {cls_name} in torchvision's layout ({how})."
-            )
         cls = getattr(tvd, cls_name)
         parts = []
         for train in (True, False):
             try:
-                ds = cls(root=root, train=train, download=download)
+                ds = cls(root=resolve_data_root(root), train=train, download=download)
             except RuntimeError as err:
-                raise DatasetMissingError(
-                    f"{cls_name} not found under {Path(root).resolve()}: {err}. Obtain it with "
-                    f"`impress run --source {name} --data_root {root} --download true` on a machine with "
-                    f"internet access, or copy it there ({how})."
-                ) from None
+                raise DatasetMissingError(_missing(name, cls_name, how, fetch, root, err)) from None
             x = torch.as_tensor(ds.data)
             x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
             parts += [x.float() / 255.0, torch.as_tensor(ds.targets, dtype=torch.long)]
@@ -86,7 +97,7 @@ def _torchvision(name: str, cls_name: str, num_classes: int, how: str) -> Callab
 
 SOURCES: dict[str, Callable[..., Source]] = {
     "digits": _digits,
-    "mnist": _torchvision("mnist", "MNIST", 10, "<root>/MNIST/raw/*-ubyte"),
+    "mnist": _torchvision("mnist", "MNIST", 10, "<root>/MNIST/raw/*-ubyte", fetch="impress data mnist"),
     "fashion_mnist": _torchvision("fashion_mnist", "FashionMNIST", 10, "<root>/FashionMNIST/raw/*-ubyte"),
     "cifar10": _torchvision("cifar10", "CIFAR10", 10, "<root>/cifar-10-batches-py/"),
     "cifar100": _torchvision("cifar100", "CIFAR100", 100, "<root>/cifar-100-python/"),

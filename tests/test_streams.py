@@ -259,9 +259,22 @@ def test_missing_torchvision_dataset_names_the_resolved_path(source, tmp_path):
 
 
 @pytest.mark.parametrize("source", TORCHVISION_SOURCES)
-def test_torchvision_source_without_data_root_is_missing(source):
-    with pytest.raises(DatasetMissingError, match="data_root"):
+def test_torchvision_source_without_data_root_reads_the_default_folder(source, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMPRESS_DATA", str(tmp_path / "data"))
+    with pytest.raises(DatasetMissingError) as info:
         build_stream("permuted", source, num_tasks=2, seed=0, data_root=None)
+    message = str(info.value)
+    assert f"not found under {(tmp_path / 'data').resolve()} (the default data folder: $IMPRESS_DATA" in message
+    # MNIST has a command that fetches it without internet access; the others name torchvision's download
+    assert ("`impress data mnist`" in message) == (source == "mnist")
+    assert ("--download true" in message) == (source != "mnist")
+
+
+def test_a_relative_default_data_folder_is_refused(monkeypatch):
+    # a study's trials run in folders of their own, where a relative path would name another folder
+    monkeypatch.setenv("IMPRESS_DATA", "data")
+    with pytest.raises(FileNotFoundError, match=r"\$IMPRESS_DATA must be an absolute path, got 'data'"):
+        build_stream("permuted", "mnist", num_tasks=2, seed=0, data_root=None)
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
