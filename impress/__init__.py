@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from impress.config import Config, ConfigError
-from impress.trainer import Result, run
 
 __all__ = ["Config", "ConfigError", "Result", "run"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # NOTE: the trainer (and torch, ~2 s) loads on first use, so commands that never train (`impress
+    # --help`, `status`, `pareto`) start without it; `from impress import run` works as before
+    if name in ("Result", "run"):
+        from impress import trainer
+
+        return getattr(trainer, name)
+    raise AttributeError(f"module 'impress' has no attribute {name!r}")

@@ -8,42 +8,20 @@ per-task checkpoint that `--resume` continues from.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 from pathlib import Path
 
 import yaml
 
-from impress.checkpoint import CheckpointError
 from impress.config import Config, ConfigError
+from impress.folders import FolderNameError, folder_name
 from impress.jobs import ClusterError
+from impress.run_flags import flags_help, parse_overrides
 from impress.study import StudyError
 from impress.tracking import TrackingError
 
 __all__ = ["main"]
-
-
-def _parse_overrides(tokens: list[str]) -> dict[str, str]:
-    """`--key value` and `--key=value` pairs; every key must be a config field."""
-    fields = {f.name for f in dataclasses.fields(Config)}
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--"):
-            raise ConfigError(f"unexpected argument {token!r}; config flags look like --key value")
-        key, eq, value = token[2:].partition("=")
-        key = key.replace("-", "_")
-        if key not in fields:
-            raise ConfigError(f"unknown config key(s) [{key!r}]; known keys: {sorted(fields)}")
-        if not eq:
-            if i + 1 >= len(tokens):
-                raise ConfigError(f"{key}: a value is required after --{key}")
-            value, i = tokens[i + 1], i + 1
-        out[key] = value
-        i += 1
-    return out
 
 
 class _Progress:
@@ -66,7 +44,10 @@ class _Progress:
         just = metrics[f"acc/task_{metrics['step']:03d}"]
         self.bar.set_postfix(acc_avg=f"{metrics['acc/avg']:.3f}", just_trained=f"{just:.3f}")
 
-    def close(self) -> None:
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.bar.close()
 
 
@@ -91,11 +72,9 @@ def _table(result) -> str:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from impress.trainer import run
-
-    overrides = _parse_overrides(args.overrides)
+    overrides = parse_overrides(args.overrides)
     cfg = Config.from_yaml(args.config, overrides) if args.config else Config.from_dict(overrides)
-    out = Path(args.out) / (args.name or cfg.run_name())
+    out = Path(args.out) / (folder_name(args.name, field="--name") if args.name is not None else cfg.run_name())
     ckpt = out / "checkpoint"
     if not args.resume and (ckpt / "checkpoint.pt").exists():
         print(
@@ -103,15 +82,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    # NOTE: torch (~2 s) is imported once the config is known to be valid, and only by this command
+    from impress.checkpoint import CheckpointError
+    from impress.trainer import run
+
     out.mkdir(parents=True, exist_ok=True)
     if not (ckpt / "checkpoint.pt").exists():  # on --resume, the run checks the config against the checkpoint
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     print(f"run {out}", file=sys.stderr)
-    bar = _Progress(cfg.num_tasks)
     try:
-        result = run(cfg, report=bar.task, progress=bar.epoch, checkpoint_dir=ckpt)
-    finally:
-        bar.close()
+        with _Progress(cfg.num_tasks) as bar:
+            result = run(cfg, report=bar.task, progress=bar.epoch, checkpoint_dir=ckpt)
+    except CheckpointError as err:  # a damaged checkpoint, or one another config wrote
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     result.write(out)
     print(_table(result))
     print(f"\nwrote {out / 'results.json'} and {out / 'acc_matrix.csv'}")
@@ -120,22 +104,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_study(args: argparse.Namespace) -> int:
     from impress.study import Study
+
+    if args.action == "run":
+        study = Study.from_yaml(args.target)  # a malformed file fails here, before Ray starts
+        if args.trials is not None:  # ... and so does a flag, checked as the file's value is
+            study = study.with_trials(args.trials, where="--trials")
+    else:
+        folder_name(args.target, field="study name")
     from impress.study_outcome import front_summary
-    from impress.tuner import resume_study, run_study, study_dir
+    from impress.tuner import has_state, resume_study, run_study, study_dir, sync_study
 
     if args.action == "sync":
-        from impress.tuner import sync_study
-
         n = sync_study(args.target, storage=args.storage)
         print(f"synced {n} trials of {args.target} to MLflow")
         return 0
     if args.action == "run":
-        study = Study.from_yaml(args.target)  # a malformed file fails here, before Ray starts
-        if args.trials is not None:
-            study = dataclasses.replace(study, trials=args.trials)
         existing = study_dir(args.storage, study.name) / "study.yaml"
         # NOTE: a study stopped before Tune saved any state (e.g. a cluster job stopped at once) starts afresh
-        if args.resume and existing.exists() and (existing.parent / "tune").exists():
+        if args.resume and existing.exists() and has_state(existing.parent):
             if Study.from_yaml(existing) != study:
                 raise StudyError(
                     f"{args.target} differs from the study of that name in {existing.parent}; "
@@ -164,10 +150,13 @@ def _cmd_study(args: argparse.Namespace) -> int:
 def _cmd_ui(args: argparse.Namespace) -> int:
     import os
 
-    from impress.tracking import check_reachable, default_tracking_uri
+    from impress.records import existing_store
 
-    uri = args.store or default_tracking_uri()
-    check_reachable(uri)
+    # NOTE: the UI only shows what studies tracked: started over no store, MLflow would create an
+    # empty one wherever it was started and show nothing, so a missing store is an error as for `pareto`
+    if args.study is not None:
+        folder_name(args.study, field="--study")
+    uri = existing_store(args.store)
     url = f"http://{args.host}:{args.port}/"
     if args.study:
         from mlflow.tracking import MlflowClient
@@ -207,6 +196,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             follow=not args.no_wait,
         )
+    folder_name(args.name, field="study name")
     if args.command == "status":
         return jobs.status(args.name, address=args.address, follow=args.follow)
     return jobs.stop(args.name, address=args.address)
@@ -243,7 +233,7 @@ def _cmd_analysis(args: argparse.Namespace) -> int:
     from impress.records import load_study, log_files
     from impress.report import ReportError, mode_of, pareto_files, report_files
 
-    out = Path(args.out or Path("runs") / "reports" / args.study)
+    out = Path(args.out or Path("runs") / "reports" / folder_name(args.study, field="study name"))
     try:
         records = load_study(args.study, uri=args.store)
         if args.command == "report":
@@ -296,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         "run",
         usage="impress run [config.yaml] [--key value ...] [--out DIR] [--name NAME] [--resume]",
         help="learn one task stream and report its metrics",
-        description="Run one task stream. Config flags: "
-        + ", ".join(f"--{f.name}" for f in dataclasses.fields(Config)),
+        description="Learn one task stream, task by task, and report accuracy, forgetting and bits\n"
+        "per task. A config file (YAML, field: value) and the config flags set the config.",
+        epilog=flags_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--out", default="runs", help="parent folder of the run's folder (default: runs)")
     p.add_argument("--name", help="run folder name (default: key=value~... of non-default fields, then seed)")
@@ -329,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     u.set_defaults(func=_cmd_ui)
     _cluster_parsers(sub)
     _analysis_parsers(sub)
+    from impress.data_cli import data_parsers  # `impress data mnist`
+
+    data_parsers(sub)
     args, rest = parser.parse_known_args(argv)
     if args.command == "run":
         # `impress run [config.yaml] [--key value ...]`: a leading bare word is the YAML file
@@ -338,7 +333,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args)
-    except (ConfigError, StudyError, CheckpointError, TrackingError, ClusterError, FileNotFoundError) as err:
+    except (
+        ConfigError,
+        StudyError,
+        FolderNameError,
+        TrackingError,
+        ClusterError,
+        FileNotFoundError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from impress.yaml_files import read_yaml
 
 __all__ = ["Config", "ConfigError", "INFERENCE_RULES", "INFERENCE_FIELDS"]
 
@@ -22,12 +22,20 @@ class ConfigError(ValueError):
     """A configuration value or key is not acceptable; the message names the field."""
 
 
-def _choice(*options: str) -> dict[str, Any]:
-    return {"choices": options}
+# NOTE: a field's metadata holds its one line of help (`doc`, shown by `impress run --help`) and
+# its check (`choices`, or a `range` lo, hi, lo_open, hi_open); `__post_init__` enforces the check
 
 
-def _range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> dict[str, Any]:
-    return {"range": (lo, hi, lo_open, hi_open)}
+def _doc(doc: str) -> dict[str, Any]:
+    return {"doc": doc}
+
+
+def _choice(*options: str, doc: str) -> dict[str, Any]:
+    return {"choices": options, "doc": doc}
+
+
+def _range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, doc: str) -> dict[str, Any]:
+    return {"range": (lo, hi, lo_open, hi_open), "doc": doc}
 
 
 SOURCE_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
@@ -52,50 +60,139 @@ INFERENCE_FIELDS = (
 @dataclass(frozen=True, kw_only=True)
 class Config:
     # data
-    stream: str = field(default="rotated", metadata=_choice("permuted", "rotated", "split"))
-    source: str = field(default="digits", metadata=_choice(*SOURCE_CLASSES))
-    data_root: str | None = None
-    download: bool = False
-    num_tasks: int = field(default=20, metadata=_range(1, 100_000))
-    classes_per_task: int = field(default=2, metadata=_range(2, 1000))  # split streams
-    split_labels: str = field(default="remap", metadata=_choice("remap", "keep"))
+    stream: str = field(
+        default="rotated",
+        metadata=_choice(
+            "permuted",
+            "rotated",
+            "split",
+            doc="tasks: a pixel permutation each, rotations in 360/T degree steps, or disjoint class subsets",
+        ),
+    )
+    source: str = field(
+        default="digits",
+        metadata=_choice(
+            *SOURCE_CLASSES, doc="images: digits (bundled with scikit-learn), or a torchvision dataset in data_root"
+        ),
+    )
+    data_root: str | None = field(
+        default=None,
+        metadata=_doc("folder of torchvision datasets (null: $IMPRESS_DATA, else ~/.cache/impress/data)"),
+    )
+    download: bool = field(default=False, metadata=_doc("download a torchvision dataset missing from data_root"))
+    num_tasks: int = field(default=20, metadata=_range(1, 100_000, doc="tasks in the stream"))
+    classes_per_task: int = field(default=2, metadata=_range(2, 1000, doc="split streams: classes per task"))
+    split_labels: str = field(
+        default="remap", metadata=_choice("remap", "keep", doc="split streams: labels remapped to 0..k-1, or kept")
+    )
     # model
-    backbone: str = field(default="mlp", metadata=_choice("mlp", "lenet300", "fc1024", "convnet", "resnet18"))
-    widths: tuple[int, ...] = (256, 256)  # hidden widths of the `mlp` backbone
-    bn: str = field(default="task", metadata=_choice("task", "batch"))  # conv nets: per-task or batch statistics
+    backbone: str = field(
+        default="mlp",
+        metadata=_choice(
+            "mlp", "lenet300", "fc1024", "convnet", "resnet18", doc="the frozen random network (mlp: hidden `widths`)"
+        ),
+    )
+    widths: tuple[int, ...] = field(default=(256, 256), metadata=_doc("hidden widths of the mlp backbone"))
+    bn: str = field(
+        default="task",
+        metadata=_choice("task", "batch", doc="conv nets: per-task BatchNorm statistics, or the batch's"),
+    )
     # method
-    method: str = field(default="impresslearn", metadata=_choice("supsup", "impresslearn", "finetune"))
-    sparsity: float = field(default=0.5, metadata=_range(0.0, 1.0, hi_open=True))  # fraction of weights removed
-    mask: str = field(default="topk", metadata=_choice("topk", "threshold"))  # threshold: SupSup's fast masks
-    impressions: str = field(default="heterogeneous", metadata=_choice("heterogeneous", "homogeneous", "random"))
-    m: int = field(default=10, metadata=_range(1, 100_000))  # impressions in the bank
-    granularity: str = field(default="layer", metadata=_choice("global", "layer", "channel"))
-    alpha_param: str = field(default="linear", metadata=_choice("linear", "softmax"))
+    method: str = field(
+        default="impresslearn",
+        metadata=_choice(
+            "supsup",
+            "impresslearn",
+            "finetune",
+            doc="a mask per task, masks mixed by per-task coefficients, or dense weights",
+        ),
+    )
+    sparsity: float = field(
+        default=0.5,
+        metadata=_range(
+            0.0, 1.0, hi_open=True, doc="fraction of weights a mask REMOVES (density = 1 - sparsity is kept)"
+        ),
+    )
+    mask: str = field(
+        default="topk",
+        metadata=_choice("topk", "threshold", doc="exact density (edge-popup), or SupSup's fast scores >= 0"),
+    )
+    impressions: str = field(
+        default="heterogeneous",
+        metadata=_choice(
+            "heterogeneous",
+            "homogeneous",
+            "random",
+            doc="the bank: the first m tasks' masks, m masks of task 0 (other seeds), or m random masks",
+        ),
+    )
+    m: int = field(default=10, metadata=_range(1, 100_000, doc="impressions in the bank"))
+    granularity: str = field(
+        default="layer",
+        metadata=_choice(
+            "global", "layer", "channel", doc="coefficients per task: m, m per layer, or m per output channel"
+        ),
+    )
+    alpha_param: str = field(
+        default="linear",
+        metadata=_choice("linear", "softmax", doc="coefficients as learned (may be negative), or on the simplex"),
+    )
     # optimisation
-    optimizer: str = field(default="adam", metadata=_choice("adam", "sgd", "rmsprop"))
-    lr: float = field(default=0.01, metadata=_range(0.0, 10.0, lo_open=True))  # mask scores / finetune weights
-    alpha_lr: float = field(default=0.05, metadata=_range(0.0, 10.0, lo_open=True))  # coefficients
-    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True))  # sgd only
-    epochs: int = field(default=10, metadata=_range(1, 100_000))
-    alpha_epochs: int | None = None  # coefficient tasks; None: `epochs`
-    batch_size: int = field(default=128, metadata=_range(1, 1_000_000))
-    # task identity at test time (METHOD.md section 5): GG given; GNs / GNu inferred with shared /
-    # unshared labels (GNu: a batch whose task is inferred wrongly scores 0)
-    scenario: str = field(default="GG", metadata=_choice("GG", "GNs", "GNu"))
-    infer_rules: tuple[str, ...] = ("oneshot_h",)  # any of INFERENCE_RULES; the first is the headline
-    superfluous: int = field(default=0, metadata=_range(0, 100_000))  # extra output neurons (SupSup's G objective)
-    infer_batch_size: int = field(default=128, metadata=_range(1, 1_000_000))  # test images inferred together
-    infer_single: bool = False  # also infer from every test image alone (the `_single` metrics)
-    infer_binary_steps: int | None = None  # binary: halvings before a one-shot pick; None: until one is left
-    infer_fit_steps: int = field(default=10, metadata=_range(1, 10_000))  # fit: entropy-minimisation steps
-    infer_fit_lr: float = field(default=0.01, metadata=_range(0.0, 10.0, lo_open=True))  # fit: Adam step size
-    infer_fit_start: str = field(default="oneshot", metadata=_choice("oneshot", "mean"))  # fit: initial combination
-    # ImpressLearn: compare tasks at the logit scale of binary masks ("unit") or as stored ("raw")
-    infer_gain: str = field(default="unit", metadata=_choice("unit", "raw"))
+    optimizer: str = field(
+        default="adam",
+        metadata=_choice("adam", "sgd", "rmsprop", doc="updates scores, coefficients (finetune: weights)"),
+    )
+    lr: float = field(
+        default=0.01, metadata=_range(0.0, 10.0, lo_open=True, doc="step size of mask scores (finetune: weights)")
+    )
+    alpha_lr: float = field(default=0.05, metadata=_range(0.0, 10.0, lo_open=True, doc="step size of coefficients"))
+    momentum: float = field(default=0.9, metadata=_range(0.0, 1.0, hi_open=True, doc="sgd only"))
+    epochs: int = field(default=10, metadata=_range(1, 100_000, doc="epochs per task"))
+    alpha_epochs: int | None = field(
+        default=None, metadata=_doc("epochs of a task learned by coefficients; null: `epochs`")
+    )
+    batch_size: int = field(default=128, metadata=_range(1, 1_000_000, doc="training batch size"))
+    # task identity at test time (README, "Task-identity inference")
+    scenario: str = field(
+        default="GG",
+        metadata=_choice(
+            "GG",
+            "GNs",
+            "GNu",
+            doc="task identity given, or inferred with shared / unshared labels (GNu: a wrong batch scores 0)",
+        ),
+    )
+    infer_rules: tuple[str, ...] = field(
+        default=("oneshot_h",),
+        metadata=_doc(f"GN: inference rules, any of {', '.join(INFERENCE_RULES)}; the first is the headline"),
+    )
+    superfluous: int = field(
+        default=0, metadata=_range(0, 100_000, doc="extra output neurons, never a label (SupSup's G objective: >= 1)")
+    )
+    infer_batch_size: int = field(default=128, metadata=_range(1, 1_000_000, doc="test images inferred together"))
+    infer_single: bool = field(
+        default=False, metadata=_doc("also infer from every test image alone (`_single` metrics)")
+    )
+    infer_binary_steps: int | None = field(
+        default=None, metadata=_doc("binary rules: halvings before a one-shot pick; null: until one is left")
+    )
+    infer_fit_steps: int = field(default=10, metadata=_range(1, 10_000, doc="fit rule: entropy-minimisation steps"))
+    infer_fit_lr: float = field(default=0.01, metadata=_range(0.0, 10.0, lo_open=True, doc="fit rule: Adam step size"))
+    infer_fit_start: str = field(
+        default="oneshot", metadata=_choice("oneshot", "mean", doc="fit rule: the initial combination")
+    )
+    infer_gain: str = field(
+        default="unit",
+        metadata=_choice(
+            "unit", "raw", doc="ImpressLearn: compare tasks at the logit scale of binary masks, or as stored"
+        ),
+    )
     # run
-    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch intra-op threads; None: torch's default
+    seed: int = field(
+        default=0, metadata=_range(0, 2**31 - 1, doc="drives the stream, backbone, scores and data order")
+    )
+    device: str = field(default="auto", metadata=_doc("auto, cpu, cuda or cuda:N"))
+    threads: int | None = field(default=None, metadata=_doc("torch intra-op threads; null: torch's default"))
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -175,10 +272,7 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
         """Load a YAML file (a mapping), then apply `overrides` on top."""
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        data = read_yaml(path, error=ConfigError, what="config file") or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of field: value at the top level")
         return cls.from_dict({**data, **(overrides or {})})

@@ -24,7 +24,7 @@ import pandas as pd
 from impress.config import Config, ConfigError
 from impress.tracking import KIND_TAG, TRIAL_TAG, TrackingError, _client, check_reachable, default_tracking_uri
 
-__all__ = ["StudyRecords", "load_study", "known_studies", "acc_matrix", "log_files", "CONFIG_COLUMNS"]
+__all__ = ["StudyRecords", "existing_store", "load_study", "known_studies", "acc_matrix", "log_files", "CONFIG_COLUMNS"]
 
 CONFIG_COLUMNS = tuple(f.name for f in dataclasses.fields(Config))
 # NOTE: how a trial ran, not what it learned: seeds of one config are grouped across these
@@ -56,12 +56,29 @@ def known_studies(uri: str) -> list[str]:
     return sorted(names)
 
 
-def load_study(name: str, *, uri: str | None = None) -> StudyRecords:
-    """Read study `name` from the store (default: `default_tracking_uri()`).
+def existing_store(uri: str | None = None) -> str:
+    """The tracking store a command that only reads opens (default: `default_tracking_uri()`).
 
-    Raises `TrackingError` naming the store and the studies it holds when there is no such study."""
+    NOTE: MLflow creates a SQLite store that is not there (an empty 1 MB file), so a mistyped path or
+    the wrong working directory would leave a new `mlflow.db` behind and report no studies. A
+    missing file is a `TrackingError` instead, naming it and how to choose another store."""
     uri = default_tracking_uri(uri)
     check_reachable(uri)
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).absolute()
+        if not path.is_file():
+            raise TrackingError(
+                f"no MLflow store at {path} (tracking URI {uri}), so nothing was tracked there (a study "
+                f"creates its store when it runs); point at a study's store with --store URI or MLFLOW_TRACKING_URI"
+            )
+    return uri
+
+
+def load_study(name: str, *, uri: str | None = None) -> StudyRecords:
+    """Read study `name` from the store (default: `default_tracking_uri()`), which must exist.
+
+    Raises `TrackingError` naming the store and the studies it holds when there is no such study."""
+    uri = existing_store(uri)
     client = _client(uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from impress.config import INFERENCE_RULES, Config, ConfigError
+from impress.folders import FolderNameError, folder_name
+from impress.yaml_files import read_yaml
 
 __all__ = [
     "Study",
@@ -137,16 +137,20 @@ class Study:
                     points.append({**case, **dict(zip((k for k, _ in axes), values)), "seed": seed})
         return points
 
+    def with_trials(self, trials: Any, *, where: str = "trials") -> Study:
+        """The study with another trial budget (`impress study run --trials`), checked as the file's
+        `trials` is. Only a search has a budget: a grid study runs each of its points once."""
+        if self.kind != "search":
+            raise StudyError(
+                f"{where}: study {self.name!r} is a grid study: it runs each of its {len(self.grid_points())} "
+                f"grid points once; only a search takes a number of trials"
+            )
+        return dataclasses.replace(self, trials=_int(trials, where, 1))
+
     # ---- loading -----------------------------------------------------------------------------------
     @classmethod
     def from_yaml(cls, path: str | Path) -> Study:
-        path = Path(path)
-        if not path.exists():
-            raise StudyError(f"{path}: no such study file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise StudyError(f"{path}: not valid YAML: {err}") from None
+        data = read_yaml(path, error=StudyError, what="study file")
         try:
             return cls.from_dict(data)
         except StudyError as err:
@@ -163,6 +167,11 @@ class Study:
         if "name" not in data:
             raise StudyError("name: required (letters, digits, '_', '-', '.')")
         name = data["name"]
+        try:  # the name is the study's folder (and its MLflow artifacts' folder): `..` would escape it
+            if isinstance(name, str):
+                folder_name(name, field="name")
+        except FolderNameError as err:
+            raise StudyError(str(err)) from None
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise StudyError(f"name: {name!r} must be letters, digits, '_', '-' or '.'")
         kw: dict[str, Any] = {"name": name, "question": str(data.get("question", ""))}

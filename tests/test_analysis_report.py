@@ -321,5 +321,34 @@ def test_clear_errors(study, tmp_path, capsys):
     assert "study 'unfinished'" in err and "has no complete trial (1 stopped)" in err
     assert main(["pareto", "reported", "--store", uri, "--out", str(tmp_path), "--y", "acc/nope", "--no-log"]) == 2
     assert "no complete trial has ['acc/nope']; its metrics are" in capsys.readouterr().err
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    MlflowClient(tracking_uri=empty).search_experiments()  # a store that exists and holds no study
     with pytest.raises(TrackingError, match="holds no studies"):
-        load_study("x", uri=f"sqlite:///{tmp_path / 'empty.db'}")
+        load_study("x", uri=empty)
+
+
+@pytest.mark.parametrize("command", ["pareto", "report"])
+def test_a_read_only_command_creates_no_store(tmp_path, monkeypatch, capsys, command):
+    """Reading a study from a store that is not there says which store it looked for and how to name
+    another, and leaves no empty `mlflow.db` behind (MLflow would create one)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default: mlflow.db in the working directory
+    assert main([command, "quickstart"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no MLflow store at {tmp_path / 'mlflow.db'} (tracking URI sqlite:///{tmp_path}")
+    assert "--store" in err and "MLFLOW_TRACKING_URI" in err and err.count("\n") == 1
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
+    assert main([command, "quickstart"]) == 2
+    assert f"no MLflow store at {tmp_path / 'env.db'}" in capsys.readouterr().err
+    assert main([command, "quickstart", "--store", "sqlite:///relative.db"]) == 2
+    assert f"no MLflow store at {tmp_path / 'relative.db'}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_ui_over_no_store_creates_none(tmp_path):
+    # NOTE: a subprocess: the UI replaces its process with the MLflow server once the store is found
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    done = subprocess.run([*IMPRESS, "ui"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"error: no MLflow store at {tmp_path / 'mlflow.db'}")
+    assert list(tmp_path.iterdir()) == []

@@ -1,18 +1,26 @@
-"""The `impress run` command, run as a real subprocess on digits (a few tasks, a few epochs)."""
+"""The `impress run` command, run as a real subprocess on digits (a few tasks, a few epochs); its help;
+and the names and flags every command checks before it writes anything."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import typing
+from pathlib import Path
 
 import pytest
 import yaml
 
+from impress.cli import main
 from impress.config import Config
+
+STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
 RESULT_KEYS = {"config", "acc_matrix", "metrics", "overhead", "task_seconds", "stream", "provenance"}
 FIRST_RUN = {"num_tasks": "3", "m": "2", "epochs": "2"}
@@ -158,3 +166,113 @@ def test_out_of_range_value_exits_2_naming_the_field(tmp_path, flag, value):
     assert f"error: {flag}: " in proc.stderr
     assert "outside the allowed range" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# `impress run --help`: every config flag with its type, choices or range, and default
+
+
+@pytest.fixture(scope="module")
+def run_help() -> dict[str, str]:
+    """`impress run --help` as a user sees it (80 columns), one entry per config flag, lines joined."""
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run(
+        [sys.executable, "-m", "impress.cli", "run", "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    flags = done.stdout.split("\nconfig flags (")[1]
+    assert max(len(line) for line in flags.splitlines()) <= 80
+    return {m[1]: " ".join(m[0].split()) for m in re.finditer(r"^  --(\w+) .*?(?=^  --|\Z)", flags, re.M | re.S)}
+
+
+def _written(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+@pytest.mark.parametrize("f", dataclasses.fields(Config), ids=lambda f: f.name)
+def test_run_help_shows_each_flags_type_choices_or_range_and_default(run_help, f):
+    assert f.name in run_help, f"--{f.name} is not in `impress run --help`"
+    entry = run_help[f.name]
+    syntax = entry.split(f.metadata["doc"])[0]  # what follows --name, before the help text
+    hint = typing.get_type_hints(Config)[f.name]
+    if "choices" in f.metadata:
+        assert "{" + ",".join(f.metadata["choices"]) + "}" in syntax
+    else:  # the type: `INT`, `FLOAT`, `STR`, `{true,false}`, or a list `INT,INT,...`
+        base = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+        item = typing.get_args(base)[0] if typing.get_origin(base) is tuple else base
+        word = {int: "INT", float: "FLOAT", str: "STR", bool: "{true,false}"}[item]
+        assert syntax.startswith(f"--{f.name} {word},{word},..." if item is not base else f"--{f.name} {word}")
+    if "range" in f.metadata:
+        lo, hi, lo_open, hi_open = f.metadata["range"]
+        assert f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}" in syntax
+    assert ("or null" in syntax) == (type(None) in typing.get_args(hint))
+    assert entry.endswith(f"{f.metadata['doc']} (default: {_written(f.default)})")
+
+
+def test_run_help_reads_as_documented(run_help):
+    assert run_help["sparsity"].startswith("--sparsity FLOAT in [0.0, 1.0) fraction of weights a mask REMOVES")
+    assert run_help["sparsity"].endswith("(default: 0.5)")
+    assert run_help["widths"] == "--widths INT,INT,... hidden widths of the mlp backbone (default: 256,256)"
+    assert run_help["alpha_epochs"].startswith("--alpha_epochs INT or null ")
+    assert run_help["method"].startswith("--method {supsup,impresslearn,finetune} ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Names that would write outside their folder, and flags that skip the study file's checks
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../elsewhere", "a/b", "ABSOLUTE"])
+def test_a_run_name_outside_the_out_folder_is_refused_before_anything_is_written(tmp_path, capsys, name):
+    name = str(tmp_path / "elsewhere") if name == "ABSOLUTE" else name
+    small = ["--num_tasks", "1", "--m", "1", "--epochs", "1", "--widths", "8"]
+    assert main(["run", "--out", str(tmp_path / "runs"), "--name", name, *small]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --name: {name!r} would put files outside its folder; a name is one folder name " + (
+        "(not empty, '.' or '..', and without '/')\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["study", "resume"], ["study", "sync"], ["status"], ["stop"], ["pareto"], ["report"], ["ui", "--study"]],
+    ids=" ".join,
+)
+def test_commands_taking_a_study_name_refuse_one_outside_its_folder(tmp_path, monkeypatch, capsys, command):
+    monkeypatch.chdir(tmp_path)
+    store = ["--store", f"sqlite:///{tmp_path / 'mlflow.db'}"] if command[0] == "ui" else []
+    assert main([*command, "..", *store]) == 2
+    err = capsys.readouterr().err
+    field = "--study" if command[0] == "ui" else "study name"
+    assert err.startswith(f"error: {field}: '..' would put files outside its folder; a name is one folder name")
+    assert err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def _study_run(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "impress.cli", "study", "run", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("trials", ["0", "-2"])
+def test_a_trial_budget_flag_is_checked_as_the_files_is_before_ray_starts(tmp_path, trials):
+    done = _study_run(str(STUDIES / "quickstart.yaml"), "--trials", trials, "--storage", "studies", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr == f"error: --trials: expected an integer >= 1, got {trials}\n"
+    assert list(tmp_path.iterdir()) == []  # no study folder: Ray never started
+
+
+def test_a_trial_budget_flag_on_a_grid_study_is_refused(tmp_path):
+    done = _study_run(str(STUDIES / "granularity.yaml"), "--trials", "4", "--storage", "studies", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --trials: study 'granularity' is a grid study: it runs each of its ")
+    assert list(tmp_path.iterdir()) == []

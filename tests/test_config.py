@@ -270,3 +270,10 @@ def test_to_dict_from_dict_round_trip():
 def test_replace_validates():
     with pytest.raises(ConfigError, match=r"^sparsity: "):
         Config().replace(sparsity=1.0)
+
+
+def test_every_field_has_one_line_of_help():
+    # `impress run --help` shows it beside the flag (tests/test_cli.py)
+    for f in FIELDS:
+        doc = f.metadata.get("doc", "")
+        assert doc and "\n" not in doc and len(doc) <= 110, f.name

@@ -157,3 +157,33 @@ def test_study_file_errors(tmp_path):
     bad.write_text("- 1\n- 2\n")
     with pytest.raises(StudyError, match="must be a mapping"):
         Study.from_yaml(bad)
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "../elsewhere", "a/b"])
+def test_a_name_that_would_put_files_outside_its_folder_is_refused(name):
+    # the name is the study's folder under the storage and under mlartifacts/: `..` would be their parent
+    assert f"name: {name!r} would put files outside its folder" in _error({**SEARCH, "name": name})
+
+
+def test_names_with_dots_inside_are_still_names():
+    assert Study.from_dict({**SEARCH, "name": "v1.2..final"}).name == "v1.2..final"
+
+
+def test_a_trial_budget_from_the_command_line_is_checked_as_the_files_is():
+    study = Study.from_dict(SEARCH)
+    assert study.with_trials(3) == Study.from_dict({**SEARCH, "trials": 3})
+    for bad in (0, -2, 2.5, True):
+        with pytest.raises(StudyError) as from_flag:
+            study.with_trials(bad, where="--trials")
+        assert str(from_flag.value) == f"--trials: expected an integer >= 1, got {bad!r}"
+        assert str(from_flag.value).removeprefix("--") == _error({**SEARCH, "trials": bad})
+
+
+def test_a_grid_study_takes_no_trial_budget():
+    grid = Study.from_dict({"name": "g", "base": {"num_tasks": 4}, "grid": {"m": [2, 3]}, "seeds": [0, 1]})
+    with pytest.raises(StudyError) as info:
+        grid.with_trials(5, where="--trials")
+    assert str(info.value) == (
+        "--trials: study 'g' is a grid study: it runs each of its 4 grid points once; "
+        "only a search takes a number of trials"
+    )

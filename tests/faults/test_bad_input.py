@@ -1,13 +1,16 @@
 """Study files Optuna cannot sample as written, and impossible values reached only through a study's
 grid or search: each is refused before anything runs, by a message naming the field and what was
-expected. (Unknown keys, wrong types and the other ranges: tests/test_config.py, tests/test_study.py.)"""
+expected. (Unknown keys, wrong types and the other ranges: tests/test_config.py, tests/test_study.py.)
+And files that cannot be read at all, given as a run config or a study file."""
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import pytest
 
+from impress.cli import main
 from impress.study import Study, StudyError
 
 BASE = {"name": "bad", "base": {"num_tasks": 10}}  # m defaults to 10
@@ -87,3 +90,32 @@ def test_an_accepted_search_space_is_sampled_by_optuna_as_written():
     assert space["sparsity"].high == pytest.approx(0.7)
     for value in space["widths"].choices:  # a list written as a string is a valid config value
         assert study.config(widths=value, m=1).widths in ((32, 32), (64,))
+
+
+# what makes each file unreadable as YAML text, and what the error then says about it
+UNREADABLE = {
+    "binary": (
+        lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256))),
+        "not UTF-8 text (byte 0x89 at offset 0)",
+    ),
+    "latin-1": (lambda p: p.write_bytes("num_tasks: 4  # \u00e9".encode("latin-1")), "not UTF-8 text (byte 0xe9"),
+    "NUL bytes": (lambda p: p.write_bytes(b"num_tasks: 4\n\0\0\0"), "not a text file (it holds NUL bytes)"),
+    "folder": (lambda p: p.mkdir(), "is a folder, not a"),
+    "missing": (lambda p: None, "no such"),
+    "no permission": (lambda p: p.write_text("num_tasks: 4\n") or p.chmod(0), "cannot read the"),
+}
+
+
+@pytest.mark.parametrize("command", [["run"], ["study", "run"]], ids=["run", "study run"])
+@pytest.mark.parametrize("kind", UNREADABLE)
+def test_an_unreadable_file_is_one_line_naming_it(kind, command, tmp_path, capsys):
+    if kind == "no permission" and os.geteuid() == 0:
+        pytest.skip("root reads a file without permissions")
+    make, says = UNREADABLE[kind]
+    path = tmp_path / "input.yaml"
+    make(path)
+    out = ["--out", str(tmp_path / "runs")] if command == ["run"] else ["--storage", str(tmp_path / "studies")]
+    assert main([*command, str(path), *out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: {says}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ([] if kind == "missing" else ["input.yaml"])
