@@ -1,5 +1,5 @@
 """Every task-identity inference rule on permuted and rotated digits, full batch and single image,
-as mean and spread over seeds (METHOD.md section 5; issue 3).
+as mean and spread over seeds (the rules: README, "Task-identity inference").
 
     .venv/bin/python analysis/inference_comparison.py [--widths 64 64] [--seeds 0 1 2] [--out DIR]
 

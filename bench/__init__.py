@@ -1,4 +1,4 @@
-"""`python -m bench`: the performance figures of issue 8, each measured side by side in one run.
+"""`python -m bench`: every performance figure against its target, each measured side by side in one run.
 
 Every timing is a ratio of two steps run in alternation in the same process, on the same inputs
 and the same thread count, so the machine's load moves both. A ratio is reported as the median

@@ -1,6 +1,6 @@
 """(d) The data path: device-resident batches by `randperm` indexing vs a DataLoader.
 
-Target (issue 8): `impress.streams.batches` at least 5x faster than
+Target: `impress.streams.batches` at least 5x faster than
 `DataLoader(TensorDataset(x, y), batch_size=128, shuffle=True)` over the same in-memory tensors.
 """
 

@@ -1,4 +1,4 @@
-"""Task-identity inference cost against the number of stored tasks T (issue 3).
+"""Task-identity inference cost against the number of stored tasks T.
 
     python -m bench.inference [--quick] [--threads 1] [--repeats 10] [--clock wall|cpu]
 

@@ -1,6 +1,6 @@
 """(b) The ImpressLearn coefficient step against the dense step of the same MLP.
 
-Target (issue 8): at most 2x the dense step with m = 32 impressions; reported for m = 8, 32, 128
+Target: at most 2x the dense step with m = 32 impressions; reported for m = 8, 32, 128
 and for global (m coefficients per task) and layer (m per layer) granularity.
 """
 

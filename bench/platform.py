@@ -1,6 +1,6 @@
 """(f) Platform overhead: how busy a study keeps the cores with trial work.
 
-Target (issue 8): a study of 16 trials of about a minute each on 2 CPUs keeps the cores at least
+Target: a study of 16 trials of about a minute each on 2 CPUs keeps the cores at least
 85% busy with trial work. Measured from outside: the wall time of `impress study run` as a new
 process (its imports, Ray's start, every trial's process and checkpoints count as overhead), against
 the trainer's own seconds per task summed over all trials (`task_seconds` in each results.json):

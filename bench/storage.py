@@ -1,6 +1,6 @@
 """(c) What stored impressions and tasks cost: bits per masked weight, and growth per task.
 
-Targets (issue 8): a stored mask takes 1 bit per masked weight, in memory and in a saved state
+Targets: a stored mask takes 1 bit per masked weight, in memory and in a saved state
 dict; over 1,000 ImpressLearn tasks the run grows by the coefficients of each task, not by a mask
 per task. The tasks are learned for real (`ImpressLearn.learn`, one step each) on a permuted stream
 over a small random source (what a task stores does not depend on its data).

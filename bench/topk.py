@@ -1,6 +1,6 @@
 """(a) The top-k masked training step against the dense step of the same backbone.
 
-Target (issue 8): MLP 784-1024-1024-10, batch 128, density 0.5: at most 1.5x the dense step. The
+Target: MLP 784-1024-1024-10, batch 128, density 0.5: at most 1.5x the dense step. The
 small conv net (1x28x28) and GEM ResNet-18 (3x32x32, batch 32) are reported beside it. Each is
 timed twice in the same rounds: the fused CPU path every run takes (`impress.fused_topk`) and, as
 `<name>/eager`, the eager torch path (what other devices run; the same result).
