@@ -76,9 +76,11 @@ def listening(root: int) -> set[tuple[str, int, str]]:
 
 
 def test_the_mlflow_ui_listens_on_loopback_only(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=store).search_experiments()  # a store to show (`impress ui` creates none)
     port = free_port()
     ui = subprocess.Popen(
-        [*IMPRESS, "ui", "--store", f"sqlite:///{tmp_path / 'mlflow.db'}", "--port", str(port)],
+        [*IMPRESS, "ui", "--store", store, "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
