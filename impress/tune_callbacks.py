@@ -41,7 +41,11 @@ def progress_callback(study: Study, out: TextIO = sys.stderr):
             done, total = result.get("tasks_done"), result.get("num_tasks")
             if done is None or done >= total:  # the last task: the `done` line follows
                 return
-            values = "  ".join(f"{o.metric}={text(result[o.metric])}" for o in study.objectives if o.metric in result)
+            values = "  ".join(  # NOTE: acc/avg_coeff_tasks is NaN until a task is learned by coefficients
+                f"{o.metric}={'n/a' if result[o.metric] != result[o.metric] else text(result[o.metric])}"
+                for o in study.objectives
+                if o.metric in result
+            )
             self._line(f"task   {trial.trial_id}  {done}/{total}  {values}".rstrip())
 
         def on_trial_complete(self, iteration, trials, trial, **info):
