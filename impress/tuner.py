@@ -299,9 +299,8 @@ def _fit(study: Study, root: Path, *, address: str | None, restore: bool, create
     address = _ray_address(address)
     if address == "local":
         _check_data(study)
-    uri = default_tracking_uri(
-        study.tracking_uri
-    )  # NOTE: before the chdir below: mlflow.db is in the working directory
+    # NOTE: resolved before the chdir below, since the default mlflow.db is in the working directory
+    uri = default_tracking_uri(study.tracking_uri)
     check_reachable(uri)
     if create is not None:
         create()  # NOTE: only now: a study refused above leaves no folder behind
