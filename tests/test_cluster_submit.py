@@ -30,7 +30,8 @@ PROJECT = Path(__file__).resolve().parents[1]
 STUDY = {
     "name": "cluster_smoke",
     "question": "does a study spread over both nodes, survive a stop, and land in MLflow?",
-    "base": {"stream": "permuted", "num_tasks": 8, "epochs": 5, "widths": [32, 32], "m": 2},
+    # about 2.5 s a task on one idle core (20 s a trial): a stop lands mid-stream even on an idle machine
+    "base": {"stream": "permuted", "num_tasks": 8, "epochs": 60, "widths": [256, 256], "m": 2},
     "grid": {"granularity": ["global", "layer"]},
     "seeds": [0, 1],
     "concurrency": 2,
