@@ -85,6 +85,12 @@ class Config:
     split_labels: str = field(
         default="remap", metadata=_choice("remap", "keep", doc="split streams: labels remapped to 0..k-1, or kept")
     )
+    task_order: str = field(
+        default="sequential",
+        metadata=_choice(
+            "sequential", "shuffled", doc="learn the tasks in the stream's order, or in a seeded random order"
+        ),
+    )
     # model
     backbone: str = field(
         default="mlp",

@@ -382,13 +382,14 @@ def evaluate_inference(
     rules: Sequence[str] | None = None,
     scenarios: Sequence[str] = ("GNs", "GNu"),
     single_images: int | None = None,
+    split: str = "test",
 ) -> dict[str, float]:
-    """Infer every learned task's test set in batches of `cfg.infer_batch_size` (and, with
+    """Infer every learned task's `split` in batches of `cfg.infer_batch_size` (and, with
     `cfg.infer_single`, image by image: the first `single_images` of each task, default all) under
     each rule (default: `cfg.infer_rules`).
 
     Per rule r (suffix `_single` for single images), averaged over tasks:
-      task_infer/acc/r         fraction of test images whose task was identified
+      task_infer/acc/r         fraction of images whose task was identified
       acc/gns/r                accuracy of the prediction under the inferred task (shared labels)
       acc/gnu/r                the same, but images whose task was inferred wrongly score 0
       time/infer_batch_ms/r    wall time per batch (single images: time/infer_image_ms/r per image)
@@ -403,7 +404,7 @@ def evaluate_inference(
         for suffix, single in modes:
             identified, gns, gnu, seconds, calls = [], [], [], 0.0, 0
             for task in stream.tasks[:T]:
-                x, y = task.test_data()
+                x, y = task.data(split)
                 if single and single_images is not None:
                     x, y = x[:single_images], y[:single_images]
                 size = len(y) if single else cfg.infer_batch_size

@@ -1,5 +1,12 @@
 """Continual-learning metrics from the accuracy matrix R, R[i, j] = accuracy on task j after
-learning task i (NaN where j > i), and what a reported key that is a metric looks like."""
+learning task i (NaN where j > i), and what a reported key that is a metric looks like.
+
+A metric's name is hierarchical and, where it measures data, starts with its split:
+
+    val/acc/avg, val/forgetting, val/task_infer/acc, ...   validation: what studies choose on
+    test/acc/avg, test/forgetting, ...                     test: what results report
+    bits/per_task, bits/total, time/task_s, ...            no data split
+"""
 
 from __future__ import annotations
 
@@ -8,19 +15,19 @@ import re
 import numpy as np
 
 __all__ = [
-    "FLAT_METRICS",
+    "SPLIT_PREFIXES",
     "average_accuracy",
     "forgetting",
     "backward_transfer",
     "summary",
     "is_metric",
     "is_task_metric",
+    "split_of",
+    "twin",
 ]
 
-# NOTE: metric names are hierarchical (`acc/avg`, `bits/per_task`, `task_infer/acc/fit`) except these
-# two summaries, which keep their names from the continual-learning literature. A flat key that is
-# not one of them is bookkeeping (`step`, `tasks_done`, ...) or Ray Tune's own (`timestamp`, `pid`, ...).
-FLAT_METRICS = ("forgetting", "bwt")
+# NOTE: a key without a "/" is bookkeeping (`step`, `tasks_done`, ...) or Ray Tune's own (`timestamp`, `pid`)
+SPLIT_PREFIXES = ("val", "test")
 
 
 def average_accuracy(R: np.ndarray, tasks: slice | None = None) -> float:
@@ -61,8 +68,19 @@ def summary(R: np.ndarray, *, dedicated_tasks: int = 0) -> dict[str, float]:
 
 def is_metric(key: str) -> bool:
     """Whether a key of a trial's report is a metric (an MLflow metric, a trials.csv column): a
-    hierarchical name, whatever its group (`acc/avg`, `val/forgetting`), or one of FLAT_METRICS."""
-    return "/" in key or key in FLAT_METRICS
+    hierarchical name, whatever its group (`test/acc/avg`, `val/forgetting`, `bits/per_task`)."""
+    return "/" in key
+
+
+def split_of(metric: str) -> str | None:
+    """The data split a metric measures ("val" or "test"), None for one that measures no data."""
+    head = metric.split("/", 1)[0]
+    return head if head in SPLIT_PREFIXES and "/" in metric else None
+
+
+def twin(metric: str, split: str) -> str:
+    """The same metric measured on `split`: twin("test/acc/avg", "val") == "val/acc/avg"."""
+    return f"{split}/{metric.split('/', 1)[1]}" if split_of(metric) else metric
 
 
 def is_task_metric(key: str) -> bool:

@@ -57,9 +57,14 @@ def over_seeds(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str
     return out.reset_index()
 
 
-def seed_front(trials: pd.DataFrame, objectives: dict[str, str], *, by: Sequence[str]) -> pd.DataFrame:
-    """`over_seeds` of the objectives plus `on_front`: is the config's mean non-dominated?
-    `objectives` maps metric -> "max" or "min", e.g. {"bits/per_task": "min", "acc/avg": "max"}."""
-    table = over_seeds(trials, list(objectives), by=by)
+def seed_front(
+    trials: pd.DataFrame, objectives: dict[str, str], *, by: Sequence[str], show: Sequence[str] = ()
+) -> pd.DataFrame:
+    """`over_seeds` of the objectives (and of the metrics in `show`, which play no part in the
+    front) plus `on_front`: is the config's mean non-dominated in the objectives?
+    `objectives` maps metric -> "max" or "min", e.g. {"bits/per_task": "min", "val/acc/avg": "max"};
+    a front chosen on validation shows its test twins with `show=["test/acc/avg"]`."""
+    extra = [m for m in show if m not in objectives and m in trials]
+    table = over_seeds(trials, [*objectives, *extra], by=by)
     table["on_front"] = pareto_mask(table[list(objectives)].to_numpy(dtype=float), list(objectives.values()))
     return table

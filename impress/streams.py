@@ -1,6 +1,7 @@
 """Task streams: permuted, rotated and split tasks over an image source, deterministic in the seed.
 
-A source is loaded once as raw [0, 1] images (N, C, H, W) with a fixed, stratified train/test split.
+A source is loaded once as raw [0, 1] images (N, C, H, W) with a fixed train / validation / test
+split (`SPLITS`): training sees train only, studies choose on validation, results report test.
 Each task is the source under a transform (a pixel permutation, a rotation, a class subset); a
 task's tensors are materialised on demand on the stream's device, so a stream of hundreds of
 permuted-MNIST tasks does not hold hundreds of copies.
@@ -18,9 +19,22 @@ import torch.nn.functional as F
 from impress.data_root import resolve_data_root
 from impress.seeding import generator
 
-__all__ = ["Source", "Task", "Stream", "SOURCES", "STREAMS", "DatasetMissingError", "build_stream", "batches"]
+__all__ = [
+    "Source",
+    "Task",
+    "Stream",
+    "SOURCES",
+    "SPLITS",
+    "STREAMS",
+    "TASK_ORDERS",
+    "DatasetMissingError",
+    "build_stream",
+    "batches",
+]
 
-SPLIT_SEED = 0  # the train/test split of a source never changes with the run's seed
+SPLIT_SEED = 0  # the train / validation / test split of a source never changes with the run's seed
+SPLITS = ("train", "val", "test")
+TASK_ORDERS = ("sequential", "shuffled")
 
 
 class DatasetMissingError(FileNotFoundError):
@@ -29,11 +43,13 @@ class DatasetMissingError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Source:
-    """Raw images in [0, 1] (N, C, H, W) and labels, split once into train and test."""
+    """Raw images in [0, 1] (N, C, H, W) and labels, split once into train, validation and test."""
 
     name: str
     x_train: torch.Tensor
     y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
@@ -42,19 +58,38 @@ class Source:
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y) of one split: "train", "val" or "test"."""
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {list(SPLITS)}")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        """x and y of every split, in `SPLITS` order (what the constructor takes after the name)."""
+        return tuple(t for name in SPLITS for t in self.split(name))
+
+
+def _stratified(y: torch.Tensor, share: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held out) of a seeded, stratified split holding out `share` of `y`."""
+    from sklearn.model_selection import train_test_split
+
+    kept, held = train_test_split(
+        torch.arange(len(y)).numpy(), test_size=share, stratify=y.numpy(), random_state=SPLIT_SEED
+    )
+    return torch.as_tensor(kept), torch.as_tensor(held)
+
 
 def _digits(root: str | None = None, download: bool = False) -> Source:
-    """scikit-learn's bundled 8x8 digits (1,797 images, no download), 80/20 stratified split."""
+    """scikit-learn's bundled 8x8 digits (1,797 images, no download), split 60/20/20 stratified:
+    20% test, then a quarter of the rest (20% of all) validation."""
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N, 1, 8, 8)
     y = torch.tensor(data.target, dtype=torch.long)
-    idx_train, idx_test = train_test_split(
-        torch.arange(len(y)).numpy(), test_size=0.2, stratify=y.numpy(), random_state=SPLIT_SEED
-    )
-    return Source("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test], num_classes=10)
+    rest, test = _stratified(y, 0.2)
+    train, val = (rest[i] for i in _stratified(y[rest], 0.25))
+    return Source("digits", x[train], y[train], x[val], y[val], x[test], y[test], num_classes=10)
 
 
 def _missing(name: str, cls_name: str, how: str, fetch: str | None, root: str | None, err: Exception) -> str:
@@ -71,11 +106,30 @@ def _missing(name: str, cls_name: str, how: str, fetch: str | None, root: str | 
     return f"{cls_name} not found under {folder}{default}: {err}. {obtain}, or copy it there ({how})."
 
 
+def _last_sixth(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation is the last sixth of the training images in the dataset's own order: MNIST's
+    classic split, its last 10,000 of 60,000."""
+    n = len(y) - len(y) // 6
+    return torch.arange(n), torch.arange(n, len(y))
+
+
+def _share(share: float) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """Validation is a seeded, stratified `share` of the training images."""
+    return lambda y: _stratified(y, share)
+
+
 def _torchvision(
-    name: str, cls_name: str, num_classes: int, how: str, *, fetch: str | None = None
+    name: str,
+    cls_name: str,
+    num_classes: int,
+    how: str,
+    val: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    fetch: str | None = None,
 ) -> Callable[..., Source]:
-    """A torchvision dataset under `root` (None: the default data folder); `fetch` is the command
-    that puts it there without internet access, if there is one."""
+    """A torchvision dataset under `root` (None: the default data folder), its training images split
+    into train and validation by `val`; `fetch` is the command that puts it there without internet
+    access, if there is one."""
 
     def load(root: str | None = None, download: bool = False) -> Source:
         import torchvision.datasets as tvd
@@ -90,17 +144,22 @@ def _torchvision(
             x = torch.as_tensor(ds.data)
             x = x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
             parts += [x.float() / 255.0, torch.as_tensor(ds.targets, dtype=torch.long)]
-        return Source(name, *parts, num_classes=num_classes)
+        x, y, x_test, y_test = parts
+        train, held = val(y)
+        return Source(name, x[train], y[train], x[held], y[held], x_test, y_test, num_classes=num_classes)
 
     return load
 
 
+# NOTE: how each source is split is part of its results' identity: change it and results change
 SOURCES: dict[str, Callable[..., Source]] = {
     "digits": _digits,
-    "mnist": _torchvision("mnist", "MNIST", 10, "<root>/MNIST/raw/*-ubyte", fetch="impress data mnist"),
-    "fashion_mnist": _torchvision("fashion_mnist", "FashionMNIST", 10, "<root>/FashionMNIST/raw/*-ubyte"),
-    "cifar10": _torchvision("cifar10", "CIFAR10", 10, "<root>/cifar-10-batches-py/"),
-    "cifar100": _torchvision("cifar100", "CIFAR100", 100, "<root>/cifar-100-python/"),
+    "mnist": _torchvision(
+        "mnist", "MNIST", 10, "<root>/MNIST/raw/*-ubyte", _last_sixth, fetch="impress data mnist"
+    ),
+    "fashion_mnist": _torchvision("fashion_mnist", "FashionMNIST", 10, "<root>/FashionMNIST/raw/*-ubyte", _last_sixth),
+    "cifar10": _torchvision("cifar10", "CIFAR10", 10, "<root>/cifar-10-batches-py/", _share(0.1)),
+    "cifar100": _torchvision("cifar100", "CIFAR100", 100, "<root>/cifar-100-python/", _share(0.1)),
 }
 
 
@@ -142,12 +201,18 @@ class Task:
         s = self.stream
         return (self.transform(x) - s.mean) / s.std, y
 
+    def data(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x (N, C, H, W) normalised, y (N,)) of one split, on the stream's device."""
+        return self._select(*self.stream.source.split(split))
+
     def train_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x (N, C, H, W) normalised, y (N,)) on the stream's device."""
-        return self._select(self.stream.source.x_train, self.stream.source.y_train)
+        return self.data("train")
+
+    def val_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.data("val")
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._select(self.stream.source.x_test, self.stream.source.y_test)
+        return self.data("test")
 
 
 @dataclass
@@ -161,6 +226,7 @@ class Stream:
     seed: int
     mean: float
     std: float
+    task_order: str = "sequential"
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -182,7 +248,9 @@ class Stream:
             "source": self.source.name,
             "tasks": len(self.tasks),
             "seed": self.seed,
+            "task_order": self.task_order,
             "train_size": len(self.source.y_train),
+            "val_size": len(self.source.y_val),
             "test_size": len(self.source.y_test),
             "task_names": [t.name for t in self.tasks],
         }
@@ -256,22 +324,31 @@ def build_stream(
     data_root: str | None = None,
     download: bool = False,
     device: str | torch.device = "cpu",
+    task_order: str = "sequential",
     **options,
 ) -> Stream:
-    """The stream `kind` over `source`, its data resident on `device`."""
+    """The stream `kind` over `source`, its data resident on `device`.
+
+    `task_order` "shuffled" learns the same tasks in a seeded random order (a task keeps its name,
+    its index is its place in the order): on a rotated stream, the first tasks (heterogeneous
+    ImpressLearn's impressions) are then spread over the circle instead of its first arc."""
     if kind not in STREAMS:
         raise KeyError(f"unknown stream {kind!r}; expected one of {sorted(STREAMS)}")
     if source not in SOURCES:
         raise KeyError(f"unknown source {source!r}; expected one of {sorted(SOURCES)}")
+    if task_order not in TASK_ORDERS:
+        raise KeyError(f"unknown task order {task_order!r}; expected one of {list(TASK_ORDERS)}")
     src = SOURCES[source](data_root, download)
-    src = Source(
-        src.name,
-        *(t.to(device) for t in (src.x_train, src.y_train, src.x_test, src.y_test)),
-        num_classes=src.num_classes,
-    )
+    src = Source(src.name, *(t.to(device) for t in src.tensors()), num_classes=src.num_classes)
     tasks, num_classes = STREAMS[kind](src, num_tasks, seed, **options)
-    stream = Stream(kind, src, [], num_classes, seed, mean=float(src.x_train.mean()), std=float(src.x_train.std()))
-    stream.tasks = [Task(t.index, t.name, t.num_classes, t.transform, t.classes, t.remap, stream) for t in tasks]
+    if task_order == "shuffled":
+        tasks = [tasks[i] for i in torch.randperm(len(tasks), generator=generator("task_order", seed)).tolist()]
+    stream = Stream(
+        kind, src, [], num_classes, seed, float(src.x_train.mean()), float(src.x_train.std()), task_order
+    )
+    stream.tasks = [
+        Task(i, t.name, t.num_classes, t.transform, t.classes, t.remap, stream) for i, t in enumerate(tasks)
+    ]
     return stream
 
 

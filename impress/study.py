@@ -20,6 +20,8 @@ from typing import Any
 
 from impress.config import INFERENCE_RULES, Config, ConfigError
 from impress.folders import FolderNameError, folder_name
+from impress.metrics import split_of as metric_split
+from impress.metrics import twin
 from impress.yaml_files import read_yaml
 
 __all__ = [
@@ -34,20 +36,15 @@ __all__ = [
     "SAMPLERS",
 ]
 
+# NOTE: a study chooses on validation. Its objectives and early stopping name `val/...` metrics (or
+# metrics of no data split); `choose_on_test: true` admits their `test/...` twins, knowingly.
+_MEASURED = ("acc/avg", "acc/avg_coeff_tasks", "acc/just_trained", "forgetting", "bwt")
+_INFERRED = ("task_infer/acc", "acc/gns", "acc/gnu")
 # Metrics a trial reports at every task boundary that a study may optimise or stop on.
-METRICS = (
-    "acc/avg",
-    "acc/avg_coeff_tasks",
-    "acc/just_trained",
-    "forgetting",
-    "bwt",
-    "bits/per_task",
-    "bits/total",
-    "time/task_s",
-)
+METRICS = (*(f"val/{m}" for m in _MEASURED), "bits/per_task", "bits/total", "time/task_s")
 # Metrics a trial reports once, after its last task (task-identity inference, GN scenarios): a
-# study may optimise them (alone or per rule, `task_infer/acc/binary_g`) but not stop early on them.
-FINAL_METRICS = ("task_infer/acc", "acc/gns", "acc/gnu", "time/infer_batch_ms")
+# study may optimise them (alone or per rule, `val/task_infer/acc/binary_g`) but not stop early on them.
+FINAL_METRICS = (*(f"val/{m}" for m in _INFERRED), "time/infer_batch_ms")
 SAMPLERS = ("tpe", "nsga2", "random", "grid")
 
 
@@ -82,7 +79,7 @@ class Objective:
 class EarlyStopping:
     """ASHA at task boundaries: trials behind at a rung stop early (and never enter the front)."""
 
-    metric: str = "acc/avg"
+    metric: str = "val/acc/avg"
     mode: str = "max"
     grace_tasks: int = 2
     reduction_factor: int = 2
@@ -102,7 +99,7 @@ class Study:
     search: tuple[Param, ...] = ()
     grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     cases: tuple[dict[str, Any], ...] = ()
-    objectives: tuple[Objective, ...] = (Objective("acc/avg", "max"),)
+    objectives: tuple[Objective, ...] = (Objective("val/acc/avg", "max"),)
     sampler: str = "tpe"
     sampler_seed: int = 0
     trials: int = 10  # search studies: how many configs Optuna proposes
@@ -112,6 +109,7 @@ class Study:
     early_stopping: EarlyStopping | None = None
     max_failures: int = 2  # retries of a failed trial, each from its last finished task
     tracking_uri: str | None = None  # MLflow; None: a SQLite file beside the study's results
+    choose_on_test: bool = False  # objectives and early stopping may name test metrics (biased: opt-in)
 
     # ---- derived ---------------------------------------------------------------------------------
     @property
@@ -182,10 +180,12 @@ class Study:
         if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
             raise StudyError("cases: expected a list of mappings of config fields")
         kw["cases"] = tuple(cases)
-        kw["objectives"] = tuple(
-            _objective(i, o)
-            for i, o in enumerate(_list(data.get("objectives", [{"metric": "acc/avg", "mode": "max"}]), "objectives"))
-        )
+        on_test = data.get("choose_on_test", False)
+        if not isinstance(on_test, bool):
+            raise StudyError(f"choose_on_test: expected true or false, got {on_test!r}")
+        kw["choose_on_test"] = on_test
+        objectives = _list(data.get("objectives", [{"metric": "val/acc/avg", "mode": "max"}]), "objectives")
+        kw["objectives"] = tuple(_objective(i, o, on_test) for i, o in enumerate(objectives))
         kw["sampler"] = _choice(data.get("sampler", "tpe"), SAMPLERS, "sampler")
         kw["sampler_seed"] = _int(data.get("sampler_seed", 0), "sampler_seed", 0)
         kw["trials"] = _int(data.get("trials", 10), "trials", 1)
@@ -195,7 +195,7 @@ class Study:
         kw["seeds"] = tuple(_int(s, "seeds", 0) for s in _list(seeds, "seeds"))
         kw["resources"] = _resources(data.get("resources", {}))
         if (es := data.get("early_stopping")) is not None:
-            kw["early_stopping"] = _early_stopping(es)
+            kw["early_stopping"] = _early_stopping(es, on_test)
         if (uri := data.get("tracking_uri")) is not None and not isinstance(uri, str):
             raise StudyError(f"tracking_uri: expected a string, got {uri!r}")
         if uri is not None and urllib.parse.urlsplit(uri).password is not None:
@@ -356,29 +356,51 @@ def _param(name: str, spec: Any) -> Param:
     return Param(name, kind, low=low, high=high, log=log, step=step)
 
 
-def _objective(i: int, spec: Any) -> Objective:
+def _metric(metric: Any, allowed: tuple[str, ...], on_test: bool, where: str) -> str:
+    """`metric` if it is `allowed`; the test twin of an allowed metric only with `choose_on_test`."""
+    if not isinstance(metric, str):
+        raise StudyError(f"{where}: expected a metric name, got {metric!r}")
+    if on_test and metric_split(metric) == "test" and twin(metric, "val") in allowed:
+        return metric
+    if metric in allowed:
+        return metric
+    val = twin(metric, "val") if metric_split(metric) == "test" else f"val/{metric}"
+    if val in allowed:
+        raise StudyError(
+            f"{where}: {metric!r} is measured on the test split, and a study chooses on validation: use "
+            f"{val!r} (results still report its test value beside it; `choose_on_test: true` at the "
+            f"study's top level chooses on test, knowingly)"
+        )
+    raise StudyError(f"{where}: {metric!r} is not one of {list(allowed)}")
+
+
+def _objective(i: int, spec: Any, on_test: bool = False) -> Objective:
     where = f"objectives[{i}]"
     spec = _mapping(spec, where)
     if bad := sorted(set(spec) - {"metric", "mode"}):
         raise StudyError(f"{where}: unknown key(s) {bad}; expected metric and mode")
-    metric = spec.get("metric")
-    per_rule = [f"{m}/{r}" for m in FINAL_METRICS for r in INFERENCE_RULES]
-    if metric not in per_rule and metric not in METRICS + FINAL_METRICS:
+    per_rule = tuple(f"{m}/{r}" for m in FINAL_METRICS for r in INFERENCE_RULES)
+    try:
+        metric = _metric(spec.get("metric"), METRICS + FINAL_METRICS + per_rule, on_test, f"{where}.metric")
+    except StudyError as err:
+        if "test split" in str(err):
+            raise
         raise StudyError(
-            f"{where}.metric: {metric!r} is not one of {list(METRICS + FINAL_METRICS)}, "
-            f"nor an inference metric per rule (e.g. task_infer/acc/{INFERENCE_RULES[0]})"
-        )
+            f"{where}.metric: {spec.get('metric')!r} is not one of {list(METRICS + FINAL_METRICS)}, "
+            f"nor an inference metric per rule (e.g. val/task_infer/acc/{INFERENCE_RULES[0]})"
+        ) from None
     return Objective(metric, _choice(spec.get("mode"), ("max", "min"), f"{where}.mode"))
 
 
 def _not_produced(metric: str, cfg: Config) -> str | None:
     """Why a trial with `cfg` never reports `metric` (None: it does)."""
+    metric = metric.split("/", 1)[1] if metric_split(metric) else metric
     if metric == "acc/avg_coeff_tasks":
         if cfg.method == "supsup":
             return "SupSup learns every task as a mask of its own, none by coefficients"
         if cfg.method == "impresslearn" and cfg.impressions == "heterogeneous" and cfg.m >= cfg.num_tasks:
             return f"with heterogeneous m={cfg.m} and {cfg.num_tasks} tasks, every task keeps its own mask"
-    if not metric.startswith(FINAL_METRICS):
+    if not metric.startswith((*_INFERRED, "time/infer_batch_ms")):
         return None
     if cfg.scenario == "GG":
         return "task identity is given (scenario GG); infer it with scenario GNs or GNu"
@@ -401,12 +423,12 @@ def _resources(spec: Any) -> Resources:
     return Resources(cpu, gpu)
 
 
-def _early_stopping(spec: Any) -> EarlyStopping:
+def _early_stopping(spec: Any, on_test: bool = False) -> EarlyStopping:
     spec = _mapping(spec, "early_stopping")
     if bad := sorted(set(spec) - {f.name for f in dataclasses.fields(EarlyStopping)}):
         raise StudyError(f"early_stopping: unknown key(s) {bad}")
     return EarlyStopping(
-        metric=_choice(spec.get("metric", "acc/avg"), METRICS, "early_stopping.metric"),
+        metric=_metric(spec.get("metric", "val/acc/avg"), METRICS, on_test, "early_stopping.metric"),
         mode=_choice(spec.get("mode", "max"), ("max", "min"), "early_stopping.mode"),
         grace_tasks=_int(spec.get("grace_tasks", 2), "early_stopping.grace_tasks", 1),
         reduction_factor=_int(spec.get("reduction_factor", 2), "early_stopping.reduction_factor", 2),

@@ -1,10 +1,13 @@
 """The sequential task-stream trainer: `run(cfg, report) -> Result`.
 
     for task in stream:
-        method.learn(task)                  # what the method trains
-        R[t, :t+1] = evaluate all seen tasks
-        report(metrics with step = t)       # Ray, the CLI and the tests each pass their own
+        method.learn(task)                  # what the method trains, on the task's train split
+        R[t, :t+1] = evaluate all seen tasks, on validation and on test
         checkpoint                          # a later run resumes here, bit-identically
+        report(metrics with step = t)       # Ray, the CLI and the tests each pass their own
+
+Every metric names its split: `val/...` (what studies choose on) and `test/...` (what results
+report); `bits/...` and `time/...` depend on no data split.
 
 Task identity is given at training; at test it is given (GG) or, after the last task, inferred
 by each of `cfg.infer_rules` (GNs, GNu: `impress.inference`).
@@ -35,6 +38,8 @@ from impress.overhead import Overhead, overhead
 from impress.provenance import provenance
 from impress.streams import Stream, Task, build_stream
 
+EVAL_SPLITS = ("val", "test")  # every reported accuracy is measured on both (`val/...`, `test/...`)
+
 __all__ = ["Result", "run", "build", "evaluate", "resolve_device"]
 
 Report = Callable[[dict[str, Any]], None]
@@ -43,12 +48,13 @@ Report = Callable[[dict[str, Any]], None]
 @dataclass
 class Result:
     config: dict[str, Any]
-    acc_matrix: list[list[float]]  # R[i][j], NaN above the diagonal
+    acc_matrix: list[list[float]]  # R[i][j] on the test split, NaN above the diagonal
     metrics: dict[str, float]
     overhead: dict[str, Any]
     task_seconds: list[float]
     stream: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)
+    val_acc_matrix: list[list[float]] = field(default_factory=list)  # the same on the validation split
 
     def to_json(self) -> str:
         def clean(x: Any) -> Any:  # JSON has no NaN: write null
@@ -63,13 +69,15 @@ class Result:
         return json.dumps(clean(asdict(self)), indent=2)
 
     def write(self, directory: str | Path) -> None:
-        """results.json and acc_matrix.csv (rows: after task i; columns: task j)."""
+        """results.json, acc_matrix.csv (test) and val_acc_matrix.csv (rows: after task i; columns:
+        task j)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "results.json").write_text(self.to_json())
-        R = np.array(self.acc_matrix, dtype=float)
-        header = ",".join(f"task_{j:03d}" for j in range(R.shape[1]))
-        np.savetxt(directory / "acc_matrix.csv", R, delimiter=",", header=header, comments="", fmt="%.6f")
+        for name, matrix in (("acc_matrix", self.acc_matrix), ("val_acc_matrix", self.val_acc_matrix)):
+            R = np.array(matrix, dtype=float)
+            header = ",".join(f"task_{j:03d}" for j in range(R.shape[1]))
+            np.savetxt(directory / f"{name}.csv", R, delimiter=",", header=header, comments="", fmt="%.6f")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +100,7 @@ def build(cfg: Config, device: torch.device) -> tuple[Stream, nn.Module]:
         device=device,
         classes_per_task=cfg.classes_per_task,
         split_labels=cfg.split_labels,
+        task_order=cfg.task_order,
     )
     net = build_backbone(
         cfg.backbone,
@@ -107,10 +116,15 @@ def build(cfg: Config, device: torch.device) -> tuple[Stream, nn.Module]:
 
 @torch.no_grad()
 def evaluate(
-    method: nn.Module, task: Task, *, view: AbstractContextManager | None = None, batch_size: int = 1024
+    method: nn.Module,
+    task: Task,
+    *,
+    split: str = "test",
+    view: AbstractContextManager | None = None,
+    batch_size: int = 1024,
 ) -> float:
-    """Accuracy on the task's test set of the method's view of the task (or of `view`)."""
-    x, y = task.test_data()
+    """Accuracy on the task's `split` of the method's view of the task (or of `view`)."""
+    x, y = task.data(split)
     method.eval()
     correct = 0
     with view if view is not None else method.view(task.index):
@@ -120,8 +134,8 @@ def evaluate(
     return correct / len(y)
 
 
-def stored_mask_transfer(method: nn.Module, stream: Stream) -> np.ndarray:
-    """A[i, j] = accuracy on task j of stored mask i alone, for methods whose mask i was learned on
+def stored_mask_transfer(method: nn.Module, stream: Stream, *, split: str = "test") -> np.ndarray:
+    """A[i, j] = accuracy on task j's `split` of stored mask i alone, for methods whose mask i was learned on
     task i (SupSup, heterogeneous ImpressLearn), with task i's BN statistics.
 
     The diagonal is each mask on its own task; off the diagonal, how much a foreign impression
@@ -130,7 +144,7 @@ def stored_mask_transfer(method: nn.Module, stream: Stream) -> np.ndarray:
     A = np.full((n, len(stream)), np.nan)
     for i in range(n):
         for j in range(len(stream)):
-            A[i, j] = evaluate(method, stream[j], view=task_view(method.net, Stored(i), bn_task=i))
+            A[i, j] = evaluate(method, stream[j], split=split, view=task_view(method.net, Stored(i), bn_task=i))
     return A
 
 
@@ -140,10 +154,27 @@ def _overhead(cfg: Config, method: nn.Module) -> Overhead:
 
 
 def _inferred(cfg: Config, method: nn.Module, stream: Stream) -> dict[str, float]:
-    """GN scenarios: task-identity inference over the learned stream (`impress.inference`); GG: none."""
+    """GN scenarios: task-identity inference over the learned stream (`impress.inference`) on each
+    evaluation split; GG: none. Inference's wall time is the test split's."""
     if cfg.scenario == "GG":
         return {}
-    return evaluate_inference(method, stream, cfg, scenarios=(cfg.scenario,))
+    out: dict[str, float] = {}
+    for split in EVAL_SPLITS:
+        for k, v in evaluate_inference(method, stream, cfg, scenarios=(cfg.scenario,), split=split).items():
+            if not k.startswith("time/"):
+                out[f"{split}/{k}"] = v
+            elif split == "test":
+                out[k] = v
+    return out
+
+
+def _split_metrics(Rs: dict[str, np.ndarray], t: int, dedicated: int) -> dict[str, float]:
+    """Each split's per-task accuracies and summary after task t, under the split's prefix."""
+    out: dict[str, float] = {}
+    for split, R in Rs.items():
+        out.update({f"{split}/acc/task_{j:03d}": R[t, j] for j in range(t + 1)})
+        out.update({f"{split}/{k}": v for k, v in summary(R[: t + 1, : t + 1], dedicated_tasks=dedicated).items()})
+    return out
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +197,7 @@ def run(
     device = resolve_device(cfg.device)
     stream, method = build(cfg, device)
     T = len(stream)
-    R = np.full((T, T), np.nan)
+    Rs = {split: np.full((T, T), np.nan) for split in EVAL_SPLITS}
     seconds: list[float] = []
     start = 0
     if checkpoint_dir is not None and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
@@ -175,9 +206,15 @@ def run(
             raise CheckpointError(
                 f"{checkpoint_dir}: the checkpoint was written by a different config (differs in {sorted(diff)})"
             )
+        if "val_acc_matrix" not in ckpt:
+            raise CheckpointError(
+                f"{checkpoint_dir}: the checkpoint has no validation accuracies (it predates the validation "
+                f"split, and so does its training split); delete it to start the run afresh"
+            )
         load_method_state(method, ckpt["method"])
         start = ckpt["tasks_done"]
-        R[:start, :start] = np.array(ckpt["acc_matrix"], dtype=float)
+        for split, R in Rs.items():
+            R[:start, :start] = np.array(ckpt["acc_matrix" if split == "test" else f"{split}_acc_matrix"], dtype=float)
         seconds = list(ckpt["task_seconds"])
     bits = _overhead(cfg, method)
     dedicated = T if cfg.method == "supsup" else (0 if cfg.method == "finetune" else bits.dedicated_tasks)
@@ -190,8 +227,7 @@ def run(
             "tasks_done": t + 1,
             "num_tasks": T,
             "resumed_from": start,
-            **{f"acc/task_{j:03d}": R[t, j] for j in range(t + 1)},
-            **summary(R[: t + 1, : t + 1], dedicated_tasks=dedicated),
+            **_split_metrics(Rs, t, dedicated),
             "bits/per_task": bits.per_task_bits,
             "bits/total": bits.total_bits(t + 1),
             "time/task_s": seconds[t],
@@ -203,8 +239,9 @@ def run(
         began = time.perf_counter()
         method.learn(stream[t], progress)
         seconds.append(time.perf_counter() - began)
-        for j in range(t + 1):
-            R[t, j] = evaluate(method, stream[j])
+        for split, R in Rs.items():
+            for j in range(t + 1):
+                R[t, j] = evaluate(method, stream[j], split=split)
         # NOTE: state is on disk before the report, so a report always has a checkpoint behind it
         if checkpoint_dir is not None:
             save_checkpoint(
@@ -212,7 +249,8 @@ def run(
                 {
                     "config": cfg.to_dict(),
                     "tasks_done": t + 1,
-                    "acc_matrix": R[: t + 1, : t + 1].tolist(),
+                    "acc_matrix": Rs["test"][: t + 1, : t + 1].tolist(),
+                    "val_acc_matrix": Rs["val"][: t + 1, : t + 1].tolist(),
                     "task_seconds": seconds,
                     "method": method_state(method),
                 },
@@ -228,8 +266,9 @@ def run(
 
     return Result(
         config=cfg.to_dict(),
-        acc_matrix=R.tolist(),
-        metrics={**summary(R, dedicated_tasks=dedicated), **inferred},
+        acc_matrix=Rs["test"].tolist(),
+        val_acc_matrix=Rs["val"].tolist(),
+        metrics={k: v for k, v in _split_metrics(Rs, T - 1, dedicated).items() if "/task_" not in k} | inferred,
         overhead=bits.as_dict(T),
         task_seconds=seconds,
         stream=stream.identity(),

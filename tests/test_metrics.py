@@ -6,13 +6,14 @@ import numpy as np
 
 from impress.config import Config
 from impress.metrics import (
-    FLAT_METRICS,
     average_accuracy,
     backward_transfer,
     forgetting,
     is_metric,
     is_task_metric,
+    split_of,
     summary,
+    twin,
 )
 from impress.trainer import run
 
@@ -52,15 +53,30 @@ BOOKKEEPING = {"step", "task", "tasks_done", "num_tasks", "resumed_from"}  # wha
 
 
 def test_every_key_the_trainer_reports_is_a_metric_but_its_bookkeeping():
-    """What decides which keys reach trials.csv and MLflow: a flat name the trainer adds without
-    listing it in FLAT_METRICS would fail here, not silently vanish from every study."""
+    """What decides which keys reach trials.csv and MLflow: a flat name the trainer adds would fail
+    here, not silently vanish from every study. Every measured metric exists on both splits."""
     rules = ("oneshot_h", "binary_g")
     cfg = Config(m=1, num_tasks=2, epochs=1, widths=(16,), scenario="GNs", superfluous=1, infer_rules=rules)
     reported = []
     run(cfg, report=reported.append)
     keys = set(reported[-1])
     assert {k for k in keys if not is_metric(k)} == BOOKKEEPING
-    assert set(FLAT_METRICS) | set(summary(np.eye(2))) <= keys
-    assert {k for k in keys if is_task_metric(k)} == {"acc/task_000", "acc/task_001"}
-    assert {"task_infer/acc", "acc/gns", "task_infer/acc/oneshot_h", "time/infer_batch_ms/binary_g"} <= keys
-    assert not any(is_task_metric(k) for k in keys if k.startswith("task_infer/"))
+    for split in ("val", "test"):
+        assert {f"{split}/{k}" for k in summary(np.eye(2))} <= keys
+        assert {k for k in keys if is_task_metric(k) and split_of(k) == split} == {
+            f"{split}/acc/task_000",
+            f"{split}/acc/task_001",
+        }
+        assert {f"{split}/task_infer/acc", f"{split}/acc/gns", f"{split}/task_infer/acc/oneshot_h"} <= keys
+    assert "time/infer_batch_ms/binary_g" in keys and "val/time/infer_batch_ms" not in keys
+    assert not any(is_task_metric(k) for k in keys if "/task_infer/" in k)
+    # a measured metric's split is in its name; bits and time measure no data
+    assert {split_of(k) for k in keys if is_metric(k)} == {"val", "test", None}
+    assert all(split_of(k) is None for k in keys if k.startswith(("bits/", "time/")))
+
+
+def test_twin_names_the_same_metric_on_the_other_split():
+    assert twin("test/acc/avg", "val") == "val/acc/avg"
+    assert twin("val/task_infer/acc/fit", "test") == "test/task_infer/acc/fit"
+    assert twin("bits/per_task", "val") == "bits/per_task"
+    assert split_of("val") is None and split_of("test/forgetting") == "test"

@@ -39,7 +39,7 @@ from impress.mnist_data import (
 from impress.streams import build_stream
 
 IMPRESS = Path(sys.executable).parent / "impress"
-SIZES = {"training": 30, "validation": 12, "test": 10}
+SIZES = {"training": 30, "validation": 6, "test": 10}  # MNIST: validation is the last sixth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +155,11 @@ def test_conversion_is_exact_and_torchvision_reads_it(writer, tmp_path, monkeypa
     monkeypatch.setenv("IMPRESS_DATA", str(tmp_path / "data"))
     stream = build_stream("permuted", "mnist", num_tasks=1, seed=0, data_root=None)
     assert torch.equal(stream.source.y_test, test.targets)
-    assert torch.equal((stream.source.x_train * 255).round().to(torch.uint8).squeeze(1), train.data)
+    # the classic split: the pickle's 50,000 training images train, its 10,000 validation images validate
+    pixels = {split: (stream.source.split(split)[0] * 255).round().to(torch.uint8).squeeze(1) for split in ("train", "val")}
+    assert torch.equal(pixels["train"], torch.from_numpy(data.k["training"]))
+    assert torch.equal(pixels["val"], torch.from_numpy(data.k["validation"]))
+    assert torch.equal(stream.source.y_val, torch.from_numpy(data.y["validation"]).long())
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ TORCHVISION_SOURCES = [name for name in SOURCES if name != "digits"]
 def _normalised_source(stream, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """The stream's raw source images under the stream's normalisation, untransformed."""
     src = stream.source
-    x, y = (src.x_train, src.y_train) if split == "train" else (src.x_test, src.y_test)
+    x, y = src.split(split)
     return (x - stream.mean) / stream.std, y
 
 
@@ -40,7 +40,8 @@ def test_stream_is_deterministic_in_its_seed(kind):
     assert len(a) == len(b) == 3
     assert [t.name for t in a] == [t.name for t in b]
     for ta, tb in zip(a, b):
-        for (xa, ya), (xb, yb) in ((ta.train_data(), tb.train_data()), (ta.test_data(), tb.test_data())):
+        for split in ("train", "val", "test"):
+            (xa, ya), (xb, yb) = ta.data(split), tb.data(split)
             assert torch.equal(xa, xb)
             assert torch.equal(ya, yb)
 
@@ -51,7 +52,8 @@ def test_stream_shapes_and_identity(kind):
     assert stream.in_shape == (1, 8, 8)
     ident = stream.identity()
     assert ident["stream"] == kind and ident["tasks"] == 3 and ident["seed"] == 0
-    assert ident["train_size"] + ident["test_size"] == 1797
+    assert ident["train_size"] + ident["val_size"] + ident["test_size"] == 1797
+    assert ident["task_order"] == "sequential"
     for task in stream:
         x, y = task.train_data()
         assert x.shape[1:] == (1, 8, 8) and x.dtype == torch.float32
@@ -190,29 +192,56 @@ def test_split_with_too_many_classes_is_a_value_error(num_tasks, classes_per_tas
 def test_digits_split_is_fixed_across_seeds_and_kinds():
     a = build_stream("permuted", "digits", num_tasks=1, seed=0).source
     b = build_stream("rotated", "digits", num_tasks=1, seed=12345).source
-    for name in ("x_train", "y_train", "x_test", "y_test"):
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
         assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
-def test_digits_split_is_a_stratified_partition():
+def test_digits_split_is_a_stratified_partition_60_20_20():
     from sklearn.datasets import load_digits
 
     src = build_stream("permuted", "digits", num_tasks=1, seed=3).source
     data = load_digits()
     n_class = np.bincount(data.target, minlength=10)
-    n_test = torch.bincount(src.y_test, minlength=10).numpy()
-    assert np.all(np.abs(n_test - 0.2 * n_class) <= 1), (n_test, n_class)
+    for split, share in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+        n = torch.bincount(src.split(split)[1], minlength=10).numpy()
+        assert np.all(np.abs(n - share * n_class) <= 1.5), (split, n, n_class)
 
     def samples(x: torch.Tensor, y: torch.Tensor) -> Counter:
         pixels = (x * 16).round().to(torch.int64).flatten(1)  # images are k/16, so exact
         return Counter((tuple(p.tolist()), int(c)) for p, c in zip(pixels, y))
 
-    train, test = samples(src.x_train, src.y_train), samples(src.x_test, src.y_test)
+    train, val, test = (samples(*src.split(split)) for split in ("train", "val", "test"))
     full = Counter((tuple(p.astype(int).flatten().tolist()), int(c)) for p, c in zip(data.images, data.target))
-    # every sample lands in exactly one side (duplicates in the data set counted with multiplicity)
-    assert train + test == full
-    assert len(src.y_train) + len(src.y_test) == len(data.target)
+    # every sample lands in exactly one split (duplicates in the data set counted with multiplicity)
+    assert train + val + test == full
+    assert len(src.y_train) + len(src.y_val) + len(src.y_test) == len(data.target)
     assert float(src.x_train.min()) >= 0.0 and float(src.x_train.max()) <= 1.0
+
+
+def test_normalisation_comes_from_the_training_split_alone():
+    stream = build_stream("permuted", "digits", num_tasks=1, seed=0)
+    assert stream.mean == pytest.approx(float(stream.source.x_train.mean()))
+    everything = torch.cat([stream.source.x_train, stream.source.x_val, stream.source.x_test])
+    assert stream.mean != pytest.approx(float(everything.mean()), abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", list(STREAMS))
+def test_a_shuffled_order_learns_the_same_tasks_in_a_seeded_order(kind):
+    sequential = build_stream(kind, "digits", num_tasks=5, seed=4)
+    shuffled = build_stream(kind, "digits", num_tasks=5, seed=4, task_order="shuffled")
+    again = build_stream(kind, "digits", num_tasks=5, seed=4, task_order="shuffled")
+    other = build_stream(kind, "digits", num_tasks=5, seed=5, task_order="shuffled")
+    names = [t.name for t in shuffled]
+    assert sorted(names) == sorted(t.name for t in sequential) and names != [t.name for t in sequential]
+    assert names == [t.name for t in again] and names != [t.name for t in other]
+    assert [t.index for t in shuffled] == list(range(5))  # a task's index is its place in the order
+    assert shuffled.identity()["task_order"] == "shuffled" and shuffled.identity()["task_names"] == names
+    by_name = {t.name: t for t in sequential}
+    for task in shuffled:  # each task's data is the same task's, wherever it sits in the order
+        for split in ("train", "test"):
+            assert torch.equal(task.data(split)[0], by_name[task.name].data(split)[0])
+    with pytest.raises(KeyError, match="unknown task order 'random'"):
+        build_stream(kind, "digits", num_tasks=5, seed=4, task_order="random")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,14 +329,17 @@ def test_mnist_from_idx_files(tmp_path):
 
     stream = build_stream("permuted", "mnist", num_tasks=2, seed=0, data_root=str(tmp_path))
     assert stream.in_shape == (1, 28, 28) and stream.num_classes == 10
-    train_images = written["train"][0].astype(np.float64) / 255.0
+    train_images = written["train"][0][:25].astype(np.float64) / 255.0  # normalised on train alone
     assert stream.mean == pytest.approx(train_images.mean(), rel=1e-5)
     assert stream.std == pytest.approx(train_images.std(ddof=1), rel=1e-5)
 
     for task in stream:
         order = _pixel_order(task, stream.in_shape)
-        for (x, y), prefix in ((task.train_data(), "train"), (task.test_data(), "t10k")):
-            images, labels = written[prefix]
+        # validation is the last sixth of the training images, in their order (MNIST: 10,000 of 60,000)
+        parts = {"train": ("train", slice(0, 25)), "val": ("train", slice(25, 30)), "test": ("t10k", slice(None))}
+        for split, (prefix, rows) in parts.items():
+            x, y = task.data(split)
+            images, labels = (a[rows] for a in written[prefix])
             assert x.shape == (len(images), 1, 28, 28)
             assert torch.equal(y, torch.from_numpy(labels).long())
             expected = (torch.from_numpy(images).float().unsqueeze(1) / 255.0 - stream.mean) / stream.std
