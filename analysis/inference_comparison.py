@@ -8,6 +8,8 @@ stream once (an MLP, default 64-256-256, density 0.5, plus `superfluous` extra o
 G objective), then every rule infers each task's test set: in batches of 128, and image by image
 (the first `--single-images` test images of each task).
 Prints a Markdown table; writes each run's metrics (JSON), a CSV, provenance and this script.
+Every number is measured on the test split (the keys carry no `test/` prefix); nothing here is
+chosen, so validation metrics play no part.
 """
 
 from __future__ import annotations
@@ -58,12 +60,12 @@ def _learn(cfg: Config, single_images: int) -> tuple[dict[str, float], float, fl
     for task in stream:
         method.learn(task, lambda event: None)
     print(f"  learned in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
-    gg = [evaluate(method, task) for task in stream]
+    gg = [evaluate(method, task, split="test") for task in stream]
     dedicated = len(stream) if cfg.method == "supsup" else method.n_dedicated
     coeff = float(np.mean(gg[dedicated:])) if dedicated < len(stream) else float("nan")
-    metrics = evaluate_inference(method, stream, cfg, single_images=single_images)
+    metrics = evaluate_inference(method, stream, cfg, single_images=single_images, split="test")
     if cfg.method == "impresslearn":  # full batches only
-        raw = evaluate_inference(method, stream, cfg.replace(infer_gain="raw", infer_single=False))
+        raw = evaluate_inference(method, stream, cfg.replace(infer_gain="raw", infer_single=False), split="test")
         metrics |= {f"{k}~raw": v for k, v in raw.items() if k.count("/") == 2}
     return metrics, float(np.mean(gg)), coeff
 

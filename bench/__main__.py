@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from bench import data, inference, mixture, platform, storage, topk
+from bench import data, inference, mixture, mnist, platform, storage, topk
 from bench.report import format_table
 from bench.timing import CLOCKS
 from impress.provenance import provenance
@@ -26,6 +26,7 @@ SECTIONS = {
     "inference": inference,
     "data": data,
     "platform": platform,
+    "mnist": mnist,
 }
 
 

@@ -60,7 +60,7 @@ def _stream(kind: str, tasks: int, seed: int) -> Stream:
     """`tasks` tasks of kind `kind` over 64 random 8x8 images of 10 classes."""
     g = generator("bench_source", seed)
     x, y = torch.rand(64, 1, 8, 8, generator=g), torch.arange(64) % 10
-    source = Source("random", x, y, x, y, num_classes=10)
+    source = Source("random", x, y, x, y, x, y, num_classes=10)  # one set of images serves every split
     specs, num_classes = STREAMS[kind](source, tasks, seed)
     stream = Stream(kind, source, [], num_classes, seed, mean=float(x.mean()), std=float(x.std()))
     stream.tasks = [Task(t.index, t.name, t.num_classes, t.transform, stream=stream) for t in specs]

@@ -1,8 +1,10 @@
 """`impress` command line: `impress run [config.yaml] [--key value ...]`.
 
 Every config field is a flag (`--m 20`, `--widths 256,256`, `--alpha_epochs null`); flags override
-the YAML file. Results go to `<out>/<run name>/`: results.json, acc_matrix.csv, config.yaml and the
-per-task checkpoint that `--resume` continues from.
+the YAML file. Results go to `<out>/<run name>/`: results.json, acc_matrix.csv (test),
+val_acc_matrix.csv (validation), config.yaml and the per-task checkpoint that `--resume` continues
+from. The progress bar and the table at the end show test accuracy, the headline; the table shows
+each metric's validation value beside it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import yaml
 from impress.config import Config, ConfigError
 from impress.folders import FolderNameError, folder_name
 from impress.jobs import ClusterError
+from impress.metrics import split_of
 from impress.run_flags import flags_help, parse_overrides
 from impress.study import StudyError
 from impress.tracking import TrackingError
@@ -41,8 +44,8 @@ class _Progress:
 
     def task(self, metrics: dict) -> None:
         self.bar.update(1)
-        just = metrics[f"acc/task_{metrics['step']:03d}"]
-        self.bar.set_postfix(acc_avg=f"{metrics['acc/avg']:.3f}", just_trained=f"{just:.3f}")
+        just = metrics[f"test/acc/task_{metrics['step']:03d}"]  # the task just learned, on its test split
+        self.bar.set_postfix({"test/acc/avg": f"{metrics['test/acc/avg']:.3f}", "just_trained": f"{just:.3f}"})
 
     def __enter__(self) -> _Progress:
         return self
@@ -51,15 +54,32 @@ class _Progress:
         self.bar.close()
 
 
+def _num(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
 def _table(result) -> str:
-    R = result.acc_matrix
+    """Per task its final and just-trained accuracy, then every metric: test (the headline), and
+    validation beside it (what studies choose on); then bits and time."""
+    R, V = result.acc_matrix, result.val_acc_matrix
     T = len(R)
-    lines = ["task                  acc(final)  acc(just trained)", "-" * 50]
+    lines = [
+        f"{'':<22}  {' test ':-^29}  {' validation ':-^29}",
+        f"{'task':<22}" + "  acc(final)  acc(just trained)" * 2,
+    ]
+    lines.append("-" * len(lines[1]))
     for j, name in enumerate(result.stream["task_names"]):
-        lines.append(f"{name:<22}{R[T - 1][j]:>10.3f}{R[j][j]:>19.3f}")
-    lines.append("-" * 50)
-    for key, value in result.metrics.items():
-        lines.append(f"{key:<22}{'n/a' if math.isnan(value) else f'{value:.3f}':>10}")
+        lines.append(f"{name:<22}{_num(R[T - 1][j]):>12}{_num(R[j][j]):>19}{_num(V[T - 1][j]):>12}{_num(V[j][j]):>19}")
+    lines.append("-" * len(lines[1]))
+    lines.append(f"{'':<22}{'test':>10}{'validation':>12}")
+    names = [k.split("/", 1)[1] for k in result.metrics if split_of(k) == "test"]  # the trainer's order
+    for name in names:
+        lines.append(
+            f"{name:<22}{_num(result.metrics[f'test/{name}']):>10}{_num(result.metrics.get(f'val/{name}')):>12}"
+        )
+    for key, value in result.metrics.items():  # no data split (inference time)
+        if split_of(key) is None:
+            lines.append(f"{key:<22}{_num(value):>10}")
     o = result.overhead
     lines += [
         f"{'bits/per_task':<22}{o['per_task_bits']:>10,}",
@@ -98,7 +118,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     result.write(out)
     print(_table(result))
-    print(f"\nwrote {out / 'results.json'} and {out / 'acc_matrix.csv'}")
+    print(f"\nwrote results.json, acc_matrix.csv (test) and val_acc_matrix.csv (validation) in {out}")
     return 0
 
 
@@ -270,10 +290,20 @@ def _analysis_parsers(sub) -> None:
         a.add_argument("--no-log", action="store_true", help="do not attach the files to the study's MLflow run")
         if command == "pareto":
             a.add_argument("--x", default="bits/per_task", help="objective on the x axis (default: bits/per_task)")
-            a.add_argument("--y", default="acc/avg", help="objective on the y axis (default: acc/avg)")
+            a.add_argument(
+                "--y",
+                default="acc/avg",
+                help=(
+                    "objective on the y axis, with or without its split (acc/avg, val/acc/avg and test/acc/avg "
+                    "are one objective): the front is chosen on its validation value and drawn with its test "
+                    "value (default: acc/avg)"
+                ),
+            )
         else:
             a.add_argument(
-                "--run", default=None, help="one run's accuracy matrix (default: mean over the best config's seeds)"
+                "--run",
+                default=None,
+                help="one run's test accuracy matrix (default: mean over the seeds of the config best on val/acc/avg)",
             )
             a.add_argument("--show", action="store_true", help="print report.md")
         a.set_defaults(func=_cmd_analysis)

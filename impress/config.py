@@ -41,7 +41,7 @@ def _range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False
 SOURCE_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100}
 
 # task-identity inference rules (implemented in `impress.inference.RULES`): search x objective
-INFERENCE_RULES = ("oneshot_h", "oneshot_g", "binary_h", "binary_g", "fit")
+INFERENCE_RULES = ("oneshot_h", "oneshot_g", "binary_h", "binary_g", "oneshot_h_real", "binary_h_real", "fit")
 # fields that change only how a finished model is evaluated, not what it learns (a checkpoint
 # written under other values of these still fits)
 INFERENCE_FIELDS = (

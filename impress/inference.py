@@ -17,17 +17,22 @@ for ImpressLearn it is a mixture of the m impressions whatever T is (T enters on
 Rules (`RULES`), each with an objective on the output logits:
 
     oneshot_h / oneshot_g  beta = 1/T; pick argmin_t dObjective/dbeta_t (SupSup's one-shot)
+    oneshot_h_real         the same with H_real
     binary_h / binary_g    keep the half of the candidates with the most negative gradients until
                            one is left (SupSup's binary search); `cfg.infer_binary_steps` caps the
                            halvings, the last gradient then picks among those left
+    binary_h_real          the same with H_real
     fit                    label-free: start from a combination (the one-shot pick's, or the mean of
-                           the stored rows), minimise the entropy over the coefficients c themselves
+                           the stored rows), minimise H_real over the coefficients c themselves
                            for a few Adam steps, classify with the adapted c; its reported task is
                            the stored row nearest to the adapted c (only GNu needs one)
 
-Objectives: H, the entropy of the softmax over the real classes; G (SupSup), the logsumexp of all
-outputs with the real classes' logits detached, so the gradient flows only through the superfluous
-outputs, which training pushes down for every task's own data.
+Objectives: H (SupSup's), the entropy of the softmax over ALL outputs, superfluous ones included;
+H_real, the entropy of the softmax over the real classes only, the prediction that is actually made
+(equal to H without superfluous outputs; with them, H also rewards a task whose superfluous outputs
+stay low, which is G's signal, and H_real does not: kept to measure what that signal is worth);
+G (SupSup), the logsumexp of all outputs with the real classes' logits detached, so the gradient
+flows only through the superfluous outputs, which training pushes down for every task's own data.
 
 Gain (ImpressLearn, `cfg.infer_gain`): learned coefficient rows make the logits several times larger
 than a binary mask does, which no prediction sees but every entropy search does: such a row wins
@@ -71,6 +76,7 @@ __all__ = [
     "task_basis",
     "batch_statistics",
     "entropy",
+    "real_entropy",
     "superfluous_logsumexp",
     "identify",
     "infer",
@@ -196,9 +202,13 @@ def batch_statistics(net: nn.Module) -> Iterator[nn.Module]:
 
 
 def entropy(logits: torch.Tensor, classes: int) -> torch.Tensor:
-    """H: entropy of the softmax over the real classes."""
-    z = logits[:, :classes]
-    return -(z.softmax(dim=1) * z.log_softmax(dim=1)).sum(dim=1)
+    """H (SupSup's): entropy of the softmax over all outputs, superfluous ones included."""
+    return -(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1)
+
+
+def real_entropy(logits: torch.Tensor, classes: int) -> torch.Tensor:
+    """H_real: entropy of the softmax over the real classes only."""
+    return entropy(logits[:, :classes], classes)
 
 
 def superfluous_logsumexp(logits: torch.Tensor, classes: int) -> torch.Tensor:
@@ -208,6 +218,7 @@ def superfluous_logsumexp(logits: torch.Tensor, classes: int) -> torch.Tensor:
 
 OBJECTIVES: dict[str, Callable[[torch.Tensor, int], torch.Tensor]] = {
     "H": entropy,
+    "H_real": real_entropy,
     "G": superfluous_logsumexp,
 }
 
@@ -223,7 +234,9 @@ RULES: dict[str, Rule] = {
     "oneshot_g": Rule("oneshot", "G"),
     "binary_h": Rule("binary", "H"),
     "binary_g": Rule("binary", "G"),
-    "fit": Rule("fit", "H"),
+    "oneshot_h_real": Rule("oneshot", "H_real"),
+    "binary_h_real": Rule("binary", "H_real"),
+    "fit": Rule("fit", "H_real"),
 }
 
 
@@ -308,7 +321,7 @@ def _fit(
         start = basis.coeffs.mean(dim=0).expand(len(xs), -1)
     c = basis.unit(start).requires_grad_(True)  # (G, size); Adam is elementwise: the groups stay independent
     opt = torch.optim.Adam([c], lr=cfg.infer_fit_lr)
-    f = _objective(basis, net, "H", classes, over_tasks=False)
+    f = _objective(basis, net, "H_real", classes, over_tasks=False)  # the entropy of what it classifies
     for _ in range(cfg.infer_fit_steps):
         c.grad = _gradients(f, c.detach(), xs)
         opt.step()

@@ -3,6 +3,8 @@
 `pareto_mask` works on points; `seed_front` on a study's trials: the seeds of one config are
 grouped, each objective is summarised by its mean, sample std and n, and the front is taken over
 the configs' means (a config is on the front for what it does on average, not in one lucky seed).
+Choose on validation, report on test: the objectives are `val/...` metrics, and `show` carries
+their `test/...` twins beside them without a say in the front.
 """
 
 from __future__ import annotations

@@ -1,10 +1,14 @@
 """Figures of studies and runs. Matplotlib, headless (Agg); each writes a PNG and returns a `Drawn`.
 
     plot_pareto       every trial, the configs' means over seeds with their spread, the front
+                      (chosen on validation metrics, drawn at their test twins with `draw="test"`)
     plot_front        the same with each trial its own config (a study's `pareto.png`)
     plot_acc_vs_m     accuracy versus the number of impressions, a line per source of impressions
     plot_acc_matrix   heatmap of an accuracy matrix R[t, j] (one run's, or a mean over seeds)
     plot_task_curves  each task's accuracy as later tasks are learned
+    plot_per_task     each task's final accuracy in each run, dedicated tasks filled, versus its
+                      angular distance to the nearest impression (or its learned position); a
+                      report's per_task.png
 
 A `Drawn` records where every data point landed in the PNG's pixels, which the interactive HTML
 (`impress.pagemap`) needs for its hover areas and which lets tests read the picture back.
@@ -12,6 +16,7 @@ A `Drawn` records where every data point landed in the PNG's pixels, which the i
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +24,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from impress.metrics import twin
 from impress.pareto import over_seeds, seed_front
 from impress.tables import cell_text, config_parts
 
-__all__ = ["Drawn", "plot_pareto", "plot_front", "plot_acc_vs_m", "plot_acc_matrix", "plot_task_curves"]
+__all__ = [
+    "Drawn",
+    "plot_pareto",
+    "plot_front",
+    "plot_acc_vs_m",
+    "plot_acc_matrix",
+    "plot_task_curves",
+    "plot_per_task",
+]
 
 FRONT_COLOUR = "crimson"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+DODGE = (5.0, 0.15)  # per-task figure: x step between configs side by side (degrees, learned positions)
 
 
 @dataclass(frozen=True)
@@ -49,8 +64,10 @@ def _figure(width: float, height: float):
     return plt.subplots(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _save(fig, ax, path: str | Path, points: list[dict]) -> Drawn:
-    """Lay the figure out, map data points to pixels, write the PNG."""
+def _save(fig, ax, path: str | Path, points: list[dict], *, axes_of: Sequence | None = None, labels=None) -> Drawn:
+    """Lay the figure out, map data points to pixels, write the PNG. A point's x and y are in the
+    data coordinates of `ax`, or of `axes_of[i]` where that is given (a twin axis); `labels` names
+    more text artists whose pixel boxes to record (a twin's axis label)."""
     import matplotlib.pyplot as plt
 
     fig.canvas.draw()
@@ -59,7 +76,11 @@ def _save(fig, ax, path: str | Path, points: list[dict]) -> Drawn:
     table = pd.DataFrame(points, columns=["kind", "label", "tip", "x", "y", "on_front"])
     table["on_front"] = table["on_front"].astype(object).fillna(False).astype(bool)
     if len(table):
-        xy = ax.transData.transform(table[["x", "y"]].to_numpy(dtype=float))
+        xy = table[["x", "y"]].to_numpy(dtype=float)
+        if axes_of is None:
+            xy = ax.transData.transform(xy)
+        else:
+            xy = np.array([(a or ax).transData.transform(p) for a, p in zip(axes_of, xy, strict=True)])
         table["px"], table["py"] = xy[:, 0], H - xy[:, 1]
     else:
         table["px"], table["py"] = [], []
@@ -69,6 +90,7 @@ def _save(fig, ax, path: str | Path, points: list[dict]) -> Drawn:
         return (b.x0, H - b.y1, b.x1, H - b.y0)
 
     boxes = {"xlabel": box(ax.xaxis.label), "ylabel": box(ax.yaxis.label), "title": box(ax.title)}
+    boxes |= {name: box(artist) for name, artist in (labels or {}).items()}
     if ax.get_legend() is not None:
         boxes["legend"] = box(ax.get_legend())
     path = Path(path)
@@ -103,11 +125,19 @@ def plot_pareto(
     colour: str | None = None,
     marker: str | None = None,
     log_x: bool | None = None,
+    draw: str | None = None,
 ) -> Drawn:
     """Every trial (faint; incomplete ones hollow grey), each config's mean over seeds with ± one
     sample std, and the non-dominated front of the complete configs' means joined in crimson.
     `trials` needs x, y, `complete` and the `by` columns; `colour` / `marker` name columns that
-    tell configs apart (e.g. method and source of impressions). Log-scale x for bits by default."""
+    tell configs apart (e.g. method and source of impressions). Log-scale x for bits by default.
+
+    The front is chosen on x and y. With `draw` (a split, "test"), every point is drawn at the
+    twins of x and y on that split instead (which `trials` then needs too): a front chosen on
+    validation, shown on test. Metrics of no split are drawn as they are."""
+    dx, dy = (twin(x, draw), twin(y, draw)) if draw else (x, y)
+    if missing := [m for m in (dx, dy) if m not in trials]:
+        raise ValueError(f"columns {missing} (to draw {x} and {y} on {draw}) are not in the trials table")
     fig, ax = _figure(9.5, 5.2)
     complete, other = trials[trials["complete"]], trials[~trials["complete"]]
     keys = sorted({_text(v) for v in trials[colour]}) if colour else [""]
@@ -116,29 +146,30 @@ def plot_pareto(
     style = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(shapes)}
     colour_of = (lambda r: palette[_text(r[colour])]) if colour else (lambda r: "C0")
     marker_of = (lambda r: style[_text(r[marker])]) if marker else (lambda r: "o")
+    shown = list(dict.fromkeys([x, y, dx, dy]))  # the hover tips: chosen on, then drawn
     points: list[dict] = []
     for _, r in complete.iterrows():
-        ax.scatter(r[x], r[y], s=16, alpha=0.35, color=colour_of(r), marker=marker_of(r), lw=0)
-        points.append(
-            dict(kind="trial", label=r.get("run_name", ""), tip=_tip(r, [*by, "seed"], [x, y]), x=r[x], y=r[y])
-        )
+        ax.scatter(r[dx], r[dy], s=16, alpha=0.35, color=colour_of(r), marker=marker_of(r), lw=0)
+        tip = _tip(r, [*by, "seed"], shown)
+        points.append(dict(kind="trial", label=r.get("run_name", ""), tip=tip, x=r[dx], y=r[dy]))
     if len(other):
-        ax.scatter(other[x], other[y], s=30, facecolors="none", edgecolors="grey", label="incomplete: not on the front")
+        ax.scatter(
+            other[dx], other[dy], s=30, facecolors="none", edgecolors="grey", label="incomplete: not on the front"
+        )
         for _, r in other.iterrows():
-            tip = _tip(r, [*by, "seed", "state"], [x, y])
-            points.append(dict(kind="incomplete", label=r.get("run_name", ""), tip=tip, x=r[x], y=r[y]))
-    front = pd.DataFrame()
+            tip = _tip(r, [*by, "seed", "state"], shown)
+            points.append(dict(kind="incomplete", label=r.get("run_name", ""), tip=tip, x=r[dx], y=r[dy]))
     if len(complete):
         extra = [c for c in (colour, marker) if c and c not in by]
-        configs = seed_front(complete, {x: x_mode, y: y_mode}, by=[*by, *extra])
+        configs = seed_front(complete, {x: x_mode, y: y_mode}, by=[*by, *extra], show=[dx, dy])
         labelled: set[str] = set()
         for _, r in configs.iterrows():
             key = str(r[colour]) if colour else "config means"
             ax.errorbar(
-                r[x],
-                r[y],
-                xerr=r[f"{x}_std"] if r["n"] > 1 else None,
-                yerr=r[f"{y}_std"] if r["n"] > 1 else None,
+                r[dx],
+                r[dy],
+                xerr=r[f"{dx}_std"] if r["n"] > 1 else None,
+                yerr=r[f"{dy}_std"] if r["n"] > 1 else None,
                 fmt=marker_of(r),
                 ms=7,
                 color=colour_of(r),
@@ -146,29 +177,30 @@ def plot_pareto(
                 label=None if key in labelled else key,
             )
             labelled.add(key)
-            tip = _tip(r, by, [x, y]) + f"\nmean over n={r['n']} seeds ({r.get('seeds', '')})"
-            points.append(dict(kind="config", label=key, tip=tip, x=r[x], y=r[y], on_front=bool(r["on_front"])))
-        front = configs[configs["on_front"]].sort_values(x)
+            tip = _tip(r, by, shown) + f"\nmean over n={r['n']} seeds ({r.get('seeds', '')})"
+            points.append(dict(kind="config", label=key, tip=tip, x=r[dx], y=r[dy], on_front=bool(r["on_front"])))
+        front = configs[configs["on_front"]].sort_values(dx)
         n = f"n={front['n'].min()}" if front["n"].nunique() == 1 else f"n={front['n'].min()}-{front['n'].max()}"
+        chosen = "" if (dx, dy) == (x, y) else ", chosen on validation"
         ax.plot(
-            front[x],
-            front[y],
+            front[dx],
+            front[dy],
             "-D",
             color=FRONT_COLOUR,
             lw=1.5,
             ms=5,
             zorder=5,
-            label=f"Pareto front (means, {n} seeds)",
+            label=f"Pareto front{chosen} (means, {n} seeds)",
         )
         ax.scatter([], [], s=16, alpha=0.35, color="grey", lw=0, label="every complete trial (faint)")
-    values = trials[x].to_numpy(dtype=float)
+    values = trials[dx].to_numpy(dtype=float)
     values = values[np.isfinite(values) & (values > 0)]
     if log_x is None:
-        log_x = bool(len(values)) and (x.startswith("bits/") or values.max() / values.min() > 10)
+        log_x = bool(len(values)) and (dx.startswith("bits/") or values.max() / values.min() > 10)
     if log_x and len(values):
         ax.set_xscale("log")
-    ax.set_xlabel(x + (" (log scale)" if log_x else ""))
-    ax.set_ylabel(y)
+    ax.set_xlabel(dx + (" (log scale)" if log_x else ""))
+    ax.set_ylabel(dy)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -186,13 +218,16 @@ def plot_front(
     path: str | Path,
     group: str | None = None,
 ) -> Drawn:
-    """A study's own trials, each its own config (`state` column: stopped or failed ones hollow)."""
+    """A study's own trials, each its own config (`state` column: stopped or failed ones hollow).
+    The front is chosen on x and y (a study's objectives: validation); where `trials` has their
+    test twins, the points are drawn at those."""
     table = trials.assign(complete=trials["state"] == "complete")
     colour = None
     if group and group in trials:
         table, colour = table.assign(colour=[f"{group}={_text(v)}" for v in trials[group]]), "colour"
+    draw = "test" if all(twin(m, "test") in trials for m in (x, y)) else None
     return plot_pareto(
-        table, x=x, y=y, x_mode=x_mode, y_mode=y_mode, by=["trial_id"], title=title, path=path, colour=colour
+        table, x=x, y=y, x_mode=x_mode, y_mode=y_mode, by=["trial_id"], title=title, path=path, colour=colour, draw=draw
     )
 
 
@@ -280,3 +315,91 @@ def plot_task_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + T // 16, borderaxespad=0)
     return _save(fig, ax, path, points)
+
+
+def plot_per_task(table: pd.DataFrame, *, title: str, path: str | Path) -> Drawn:
+    """Each task's final accuracy in each run: one colour per variant and config, filled where the
+    task has a dedicated mask, hollow where it was learned by coefficients. x is `distance_deg`,
+    the angular distance to the nearest impression; where it is NaN (no angle: not a rotated
+    stream, a random bank, no bank) the task's `learned_position`, which the axis label says: on
+    an axis of its own at the top when the figure has both (`boxes["xlabel_top"]`).
+
+    Configs on one axis are drawn side by side, each shifted by a small constant (`DODGE`; its
+    points' `x` include it) so that one does not hide another's tasks at the same x; the hover tip
+    has the exact values. `table` as `impress.report.per_task_accuracies` returns it."""
+    fig, ax = _figure(9.5, 5.2)
+    angled = table["distance_deg"].notna()
+    x = table["distance_deg"].where(angled, table["learned_position"]).astype(float)
+    keys = sorted(dict.fromkeys(zip(table["variant"], table["config"])))
+    by_angle = {k: bool(angled[(table["variant"] == k[0]) & (table["config"] == k[1])].all()) for k in keys}
+    top = ax.twiny() if angled.any() and not angled.all() else None  # positions above, distances below
+    same = {c for c in ("stream", "task_order") if c in table and table[c].nunique() == 1}
+    points: list[dict] = []
+    axes_of: list = []
+    for i, (variant, config) in enumerate(keys):
+        group = [k for k in keys if by_angle[k] == by_angle[(variant, config)]]
+        step = DODGE[0 if by_angle[(variant, config)] else 1] * min(1.0, 8 / len(group))
+        shift = (group.index((variant, config)) - (len(group) - 1) / 2) * step
+        where = top if top is not None and not by_angle[(variant, config)] else ax
+        colour = f"C{i % 10}"
+        part = table[(table["variant"] == variant) & (table["config"] == config)]
+        runs = part["run_id"].nunique()
+        parts = [p for p in config.split("~") if p.split("=")[0] not in {"method", "impressions", *same}]
+        label = f"{variant}" + (f" ({', '.join(parts)})" if parts else "") + f", {runs} run{'s' if runs > 1 else ''}"
+        if where is top:
+            label += "; top axis: learned position"
+        ax.scatter([], [], s=36, color=colour, label=textwrap.fill(label, 48, subsequent_indent="  "))
+        for dedicated in (True, False):
+            rows = part[part["dedicated"] == dedicated]
+            face = colour if dedicated else "none"
+            where.scatter(
+                x[rows.index] + shift, rows["final_test_acc"], s=36, facecolors=face, edgecolors=colour, lw=1.2
+            )
+        for j, r in part.iterrows():
+            at = f"stream task {r['stream_position']}"
+            if pd.notna(r["angle_deg"]):
+                at += f" at {r['angle_deg']:.4g} deg"
+            tip = [
+                f"{variant}: {config}",
+                f"run {r['run_name']} (seed {r['seed']})",
+                f"learned {_ordinal(r['learned_position'])}, {at}",
+                "dedicated mask" if r["dedicated"] else "learned by coefficients",
+            ]
+            if pd.notna(r["distance_deg"]):
+                tip.append(f"distance to the nearest impression: {r['distance_deg']:.4g} deg")
+            tip.append(f"final test accuracy={r['final_test_acc']:.4f}")
+            points.append(dict(kind="task", label=config, tip="\n".join(tip), x=x[j] + shift, y=r["final_test_acc"]))
+            axes_of.append(where)
+    ax.scatter([], [], s=36, color="grey", label="filled: a dedicated mask")
+    ax.scatter([], [], s=36, facecolors="none", edgecolors="grey", lw=1.2, label="hollow: learned by coefficients")
+    distance = "angular distance to the nearest impression of the run (degrees)"
+    position = "learned position of the task"
+    T = int(table["learned_position"].max()) + 1 if len(table) else 1
+    if angled.any():
+        ax.set_xlabel(distance)
+        ax.set_xlim(-10, 190)
+        ax.set_xticks(range(0, 181, 30))
+    else:
+        rotated = "stream" in table and (table["stream"] == "rotated").any()
+        ax.set_xlabel(f"{position} ({'no impression angle' if rotated else 'not a rotated stream: no angle'})")
+        ax.set_xticks(list(range(0, T, max(1, T // 10))))
+    labels = {}
+    if top is not None:
+        without = ", ".join(dict.fromkeys(table.loc[~angled, "variant"]))
+        top.set_xlabel(f"{without}: {position} (no impression angle)")
+        top.set_xlim(-0.5, T - 0.5)
+        top.set_xticks(list(range(0, T, max(1, T // 10))))
+        labels["xlabel_top"] = top.xaxis.label
+    ax.set_ylabel("final test accuracy (after the last task)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, ax, path, points, axes_of=axes_of, labels=labels)
+
+
+def _ordinal(i: int) -> str:
+    """Learned position i (from 0) as words: 0 -> "1st (position 0)"."""
+    n = int(i) + 1
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix} (position {int(i)})"

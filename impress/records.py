@@ -6,7 +6,7 @@
     trials(study)          one row per trial: run ids, state, seed, the config as typed columns,
                            the final value (last task) of every metric, and `complete`
     acc_matrix(run_id)     R[t, j], accuracy on task j after learning task t, from the metric
-                           histories `acc/task_NNN` (so stopped trials have one too)
+                           histories `test/acc/task_NNN` (or `val/...`; stopped trials have one too)
     log_files(...)         figures and tables as artifacts of the study's parent run
 
 Everything downstream (`impress.pareto`, `impress.tables`, `impress.plots`) takes DataFrames.
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from impress.config import Config, ConfigError
+from impress.metrics import SPLIT_PREFIXES
 from impress.tracking import KIND_TAG, TRIAL_TAG, TrackingError, _client, check_reachable, default_tracking_uri
 
 __all__ = ["StudyRecords", "existing_store", "load_study", "known_studies", "acc_matrix", "log_files", "CONFIG_COLUMNS"]
@@ -141,17 +142,22 @@ def _guess(value: str) -> Any:
     return None if value == "None" else value
 
 
-def acc_matrix(uri: str, run_id: str) -> np.ndarray:
-    """(T, T) accuracy matrix of one trial from its `acc/task_NNN` histories; NaN above the diagonal
-    and for tasks a stopped trial never reached."""
+def acc_matrix(uri: str, run_id: str, split: str = "test") -> np.ndarray:
+    """(T, T) accuracy matrix of one trial on `split` ("test": what results report; "val": what
+    studies choose on) from its `<split>/acc/task_NNN` histories; NaN above the diagonal and for
+    tasks a stopped trial never reached."""
+    if split not in SPLIT_PREFIXES:
+        raise ValueError(f"split must be one of {list(SPLIT_PREFIXES)}, got {split!r}")
     client = _client(uri)
-    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("acc/task_"))
+    run = client.get_run(run_id)
+    prefix = f"{split}/acc/task_"
+    keys = sorted(k for k in run.data.metrics if k.startswith(prefix))
     if not keys:
-        raise TrackingError(f"run {run_id} in {uri} has no per-task accuracies (acc/task_NNN)")
-    T = int(client.get_run(run_id).data.params.get("num_tasks", len(keys)))
+        raise TrackingError(f"run {run_id} in {uri} has no per-task {split} accuracies ({prefix}NNN)")
+    T = int(run.data.params.get("num_tasks", len(keys)))
     R = np.full((T, T), np.nan)  # (T, T): row t = after learning task t
     for key in keys:
-        j = int(key.removeprefix("acc/task_"))
+        j = int(key.removeprefix(prefix))
         for m in client.get_metric_history(run_id, key):
             R[m.step, j] = m.value
     return R

@@ -30,6 +30,7 @@ __all__ = [
     "DatasetMissingError",
     "build_stream",
     "batches",
+    "learning_order",
 ]
 
 SPLIT_SEED = 0  # the train / validation / test split of a source never changes with the run's seed
@@ -154,9 +155,7 @@ def _torchvision(
 # NOTE: how each source is split is part of its results' identity: change it and results change
 SOURCES: dict[str, Callable[..., Source]] = {
     "digits": _digits,
-    "mnist": _torchvision(
-        "mnist", "MNIST", 10, "<root>/MNIST/raw/*-ubyte", _last_sixth, fetch="impress data mnist"
-    ),
+    "mnist": _torchvision("mnist", "MNIST", 10, "<root>/MNIST/raw/*-ubyte", _last_sixth, fetch="impress data mnist"),
     "fashion_mnist": _torchvision("fashion_mnist", "FashionMNIST", 10, "<root>/FashionMNIST/raw/*-ubyte", _last_sixth),
     "cifar10": _torchvision("cifar10", "CIFAR10", 10, "<root>/cifar-10-batches-py/", _share(0.1)),
     "cifar100": _torchvision("cifar100", "CIFAR100", 100, "<root>/cifar-100-python/", _share(0.1)),
@@ -315,6 +314,16 @@ STREAMS: dict[str, Callable[..., tuple[list[Task], int]]] = {
 }
 
 
+def learning_order(num_tasks: int, task_order: str, seed: int) -> list[int]:
+    """The stream's tasks (their positions in the stream's own order: a rotated stream's task k is
+    at k * 360 / T degrees) in the order they are learned."""
+    if task_order not in TASK_ORDERS:
+        raise KeyError(f"unknown task order {task_order!r}; expected one of {list(TASK_ORDERS)}")
+    if task_order == "sequential":
+        return list(range(num_tasks))
+    return torch.randperm(num_tasks, generator=generator("task_order", seed)).tolist()
+
+
 def build_stream(
     kind: str,
     source: str,
@@ -341,11 +350,8 @@ def build_stream(
     src = SOURCES[source](data_root, download)
     src = Source(src.name, *(t.to(device) for t in src.tensors()), num_classes=src.num_classes)
     tasks, num_classes = STREAMS[kind](src, num_tasks, seed, **options)
-    if task_order == "shuffled":
-        tasks = [tasks[i] for i in torch.randperm(len(tasks), generator=generator("task_order", seed)).tolist()]
-    stream = Stream(
-        kind, src, [], num_classes, seed, float(src.x_train.mean()), float(src.x_train.std()), task_order
-    )
+    tasks = [tasks[i] for i in learning_order(len(tasks), task_order, seed)]
+    stream = Stream(kind, src, [], num_classes, seed, float(src.x_train.mean()), float(src.x_train.std()), task_order)
     stream.tasks = [
         Task(i, t.name, t.num_classes, t.transform, t.classes, t.remap, stream) for i, t in enumerate(tasks)
     ]

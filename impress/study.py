@@ -5,6 +5,13 @@ space or an exhaustive `grid` (axes, and/or a list of `cases`), plus objectives,
 count, concurrency, seeds, per-trial resources and optional ASHA early stopping. Every value a
 trial could receive is checked against `Config` here, so a malformed study fails before Ray starts.
 This module never imports Ray or Optuna.
+
+A study chooses on validation and reports on test: its objectives and early stopping name
+validation metrics (`val/acc/avg`, `val/forgetting`, ...) or metrics of no data split
+(`bits/per_task`), which is what ASHA and Optuna see; its results show each one's test twin
+(`test/acc/avg`) beside it. A test metric, or a name without its split (`acc/avg`, as metrics were
+once named), is refused with the name of its validation twin; `choose_on_test: true` admits test
+metrics, knowingly (a front chosen on test overstates how well its configs generalise).
 """
 
 from __future__ import annotations
@@ -357,19 +364,27 @@ def _param(name: str, spec: Any) -> Param:
 
 
 def _metric(metric: Any, allowed: tuple[str, ...], on_test: bool, where: str) -> str:
-    """`metric` if it is `allowed`; the test twin of an allowed metric only with `choose_on_test`."""
+    """`metric` if it is `allowed`; the test twin of an allowed metric only with `choose_on_test`.
+    A test metric, or an allowed metric's name without its split, is refused naming its validation
+    twin (a StudyError whose message says "chooses on validation")."""
     if not isinstance(metric, str):
         raise StudyError(f"{where}: expected a metric name, got {metric!r}")
-    if on_test and metric_split(metric) == "test" and twin(metric, "val") in allowed:
-        return metric
     if metric in allowed:
         return metric
-    val = twin(metric, "val") if metric_split(metric) == "test" else f"val/{metric}"
-    if val in allowed:
+    if metric_split(metric) == "test" and (val := twin(metric, "val")) in allowed:
+        if on_test:
+            return metric
         raise StudyError(
             f"{where}: {metric!r} is measured on the test split, and a study chooses on validation: use "
-            f"{val!r} (results still report its test value beside it; `choose_on_test: true` at the "
+            f"{val!r} (the study's results show its test value beside it; `choose_on_test: true` at the "
             f"study's top level chooses on test, knowingly)"
+        )
+    if metric_split(metric) is None and (val := f"val/{metric}") in allowed:
+        test = twin(val, "test")
+        raise StudyError(
+            f"{where}: {metric!r} names no data split (metrics are `val/...` or `test/...`), and a study "
+            f"chooses on validation: use {val!r} (the study's results show {test!r} beside it"
+            + (f"; with `choose_on_test: true`, {test!r} chooses on test)" if on_test else ")")
         )
     raise StudyError(f"{where}: {metric!r} is not one of {list(allowed)}")
 
@@ -383,7 +398,7 @@ def _objective(i: int, spec: Any, on_test: bool = False) -> Objective:
     try:
         metric = _metric(spec.get("metric"), METRICS + FINAL_METRICS + per_rule, on_test, f"{where}.metric")
     except StudyError as err:
-        if "test split" in str(err):
+        if "chooses on validation" in str(err):
             raise
         raise StudyError(
             f"{where}.metric: {spec.get('metric')!r} is not one of {list(METRICS + FINAL_METRICS)}, "

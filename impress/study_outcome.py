@@ -1,8 +1,14 @@
 """What a study leaves when Tune is done: the trials table, the front, the Optuna export, a summary.
 
-trials.csv      one row per trial: its values, state (complete / stopped / failed), final metrics
-front.csv       the non-dominated complete trials; pareto.png draws them with every trial
+trials.csv      one row per trial: its values, state (complete / stopped / failed), and every metric
+                of its last report, validation and test (each objective and its twin first)
+front.csv       the complete trials non-dominated in the objectives, as trials.csv has them;
+                pareto.png draws them with every trial
 optuna.db       (searches) the searcher's Optuna study, exported to SQLite
+
+Choose on validation, report on test: the front is taken over the objectives (validation metrics,
+unless the study has `choose_on_test`), and front.csv and the terminal's summary show each
+objective's test twin beside it (`val/acc/avg`, `test/acc/avg`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,11 @@ from typing import Any
 
 import pandas as pd
 
-from impress.metrics import is_metric, is_task_metric
+from impress.metrics import is_metric, is_task_metric, split_of, twin
 from impress.pareto import pareto_mask
 from impress.study import Study
 
-__all__ = ["StudyOutcome", "finish", "front_summary", "reason", "text", "trials_table"]
+__all__ = ["StudyOutcome", "finish", "front_summary", "reason", "text", "trials_table", "shown", "other_split"]
 
 TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
 
@@ -30,8 +36,35 @@ class StudyOutcome:
         self.root, self.trials, self.front, self.complete = root, trials, front, complete
 
 
+def other_split(metric: str) -> str | None:
+    """The split of a metric's twin: test for a validation metric, validation for a test one, None
+    for a metric of no data split (`bits/per_task`)."""
+    return {"val": "test", "test": "val"}.get(split_of(metric) or "")
+
+
+def shown(study: Study) -> list[str]:
+    """The metrics that show a study's objectives: each objective, then its twin on the other split
+    (`val/acc/avg`, `test/acc/avg`, `bits/per_task`)."""
+    out: list[str] = []
+    for o in study.objectives:
+        for m in (o.metric, *((twin(o.metric, s),) if (s := other_split(o.metric)) else ())):
+            if m not in out:
+                out.append(m)
+    return out
+
+
+def _ordered(table: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """The table's columns in reading order: the trial and its values, the objectives each beside its
+    twin, then every other metric as reported."""
+    first = [m for m in shown(study) if m in table]
+    head = [c for c in table.columns if not is_metric(c) and c != "error"]
+    rest = [c for c in table.columns if c not in head and c not in first]
+    return table[head + first + rest]
+
+
 def trials_table(study: Study, result_grid) -> pd.DataFrame:
-    """One row per trial: its values, state and final metrics."""
+    """One row per trial: its values, state and final metrics (both splits), each objective beside
+    its twin."""
     rows = []
     for r in result_grid:
         config = dict(r.config or {})
@@ -50,7 +83,7 @@ def trials_table(study: Study, result_grid) -> pd.DataFrame:
         if r.error is not None:
             row["error"] = reason(r.error)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _ordered(pd.DataFrame(rows), study)
 
 
 def finish(study: Study, root: Path, result_grid) -> StudyOutcome:
@@ -111,18 +144,23 @@ def _export_optuna(result_grid, study: Study, root: Path) -> None:
 
 
 def front_summary(outcome: StudyOutcome, study: Study) -> str:
-    """The front as a table, plus mean and spread over seeds for grid studies."""
+    """The front as a table, each objective beside its twin on the other split (chosen on
+    validation, shown on test too), plus mean and spread over seeds for grid studies."""
     cols = [
         c
         for c in outcome.front.columns
         if c in {p.name for p in study.search} | set(study.grid) | {k for c in study.cases for k in c} | {"seed"}
     ]
-    metrics = [o.metric for o in study.objectives]
+    metrics = [m for m in shown(study) if m in outcome.trials]
+    twins = [m for m in metrics if m not in {o.metric for o in study.objectives}]
     lines = [
         f"{len(outcome.trials)} trials: "
         + ", ".join(f"{n} {s}" for s, n in outcome.trials["state"].value_counts().items())
     ]
-    lines.append(f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)}):")
+    lines.append(
+        f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)})"
+        + (f", with {', '.join(twins)} beside:" if twins else ":")
+    )
     if len(outcome.front):
         lines.append(outcome.front[cols + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     else:

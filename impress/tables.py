@@ -2,6 +2,8 @@
 
 Every table is built twice: long (`config columns..., metric, mean, std, n`; the CSV) and wide with
 formatted cells (the Markdown). Only complete trials enter; the seeds of a config are grouped.
+Values are on test (`test/...`); where a table chooses (each config's best inference rule), it
+chooses on validation and shows the validation value it chose on beside the test values.
 
     methods_table     SupSup versus ImpressLearn (and finetune): accuracy, bits per task, total bits
     by_m_table        accuracy by m for heterogeneous / homogeneous / random impressions
@@ -32,8 +34,9 @@ __all__ = [
     "fmt",
 ]
 
-METHOD_METRICS = ("acc/avg", "acc/avg_coeff_tasks", "bits/per_task", "bits/total")
-INFERENCE_METRICS = ("task_infer/acc", "acc/gns", "acc/gnu")
+METHOD_METRICS = ("test/acc/avg", "test/acc/avg_coeff_tasks", "bits/per_task", "bits/total")
+INFERENCE_METRICS = ("task_infer/acc", "acc/gns", "acc/gnu")  # per rule, `<split>/<metric>/<rule>`
+RULE_CHOSEN_ON = "val/task_infer/acc"  # a config's best rule: the one that identifies most tasks on validation
 NAMES = {"supsup": "SupSup", "impresslearn": "ImpressLearn", "finetune": "Finetune"}
 
 
@@ -130,17 +133,17 @@ def summarise(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str]
 
 
 def methods_table(trials: pd.DataFrame, *, by: Sequence[str]) -> Table:
-    """SupSup versus ImpressLearn: accuracy, bits per task, total bits after the stream, per config."""
+    """SupSup versus ImpressLearn: test accuracy, bits per task, total bits after the stream, per config."""
     keys = ["method", *[c for c in by if c != "method"]] if "method" in trials else list(by)
     long = summarise(trials, METHOD_METRICS, by=keys)
     if "method" in long:
         order = {m: i for i, m in enumerate(NAMES)}  # SupSup, ImpressLearn, Finetune
         long = long.sort_values("method", key=lambda s: s.map(order), kind="stable")
         long["method"] = long["method"].map(lambda m: NAMES.get(m, m))
-    return Table("SupSup versus ImpressLearn: accuracy and stored bits", long, keys or ["config"], "metric")
+    return Table("SupSup versus ImpressLearn: test accuracy and stored bits", long, keys or ["config"], "metric")
 
 
-def by_m_table(trials: pd.DataFrame, *, by: Sequence[str], metric: str = "acc/avg") -> Table | None:
+def by_m_table(trials: pd.DataFrame, *, by: Sequence[str], metric: str = "test/acc/avg") -> Table | None:
     """ImpressLearn's `metric` by m (rows) and source of impressions (columns); None without m."""
     il = trials[trials["method"] == "impresslearn"] if "method" in trials else trials
     if not len(il) or "m" not in il or "impressions" not in il:
@@ -152,21 +155,37 @@ def by_m_table(trials: pd.DataFrame, *, by: Sequence[str], metric: str = "acc/av
 
 
 def inference_table(trials: pd.DataFrame, *, by: Sequence[str]) -> Table | None:
-    """Per config and inference rule: task identified, GNs and GNu accuracy (keys `<metric>/<rule>`);
-    None when no trial inferred task identities (scenario GG)."""
-    rules = sorted({c.removeprefix("task_infer/acc/") for c in trials if c.startswith("task_infer/acc/")})
+    """Per config and inference rule: task identified, GNs and GNu accuracy on test, and the
+    identified fraction on validation (`RULE_CHOSEN_ON`), on which `best on val` marks each config's
+    best rule (keys `<split>/<metric>/<rule>`); None when no trial inferred task identities (GG)."""
+    prefix = "test/task_infer/acc/"
+    rules = sorted({c.removeprefix(prefix) for c in trials if c.startswith(prefix)})
     rules = [r for r in rules if not r.endswith("_single")]
     if not rules:
         return None
+    metrics = [RULE_CHOSEN_ON, *(f"test/{m}" for m in INFERENCE_METRICS)]
     parts = []
     for rule in rules:
-        renamed = trials.rename(columns={f"{m}/{rule}": f"{m} ({rule})" for m in INFERENCE_METRICS})
-        long = summarise(renamed, [f"{m} ({rule})" for m in INFERENCE_METRICS], by=by)
+        renamed = trials.rename(columns={f"{m}/{rule}": f"{m} ({rule})" for m in metrics})
+        long = summarise(renamed, [f"{m} ({rule})" for m in metrics], by=by)
         long["rule"] = rule
         long["metric"] = long["metric"].str.replace(f" ({rule})", "", regex=False)
         parts.append(long)
     long = pd.concat(parts, ignore_index=True)
-    index = [*(list(by) or ["config"]), "rule"]
+    keys = list(by) or ["config"]
+    long["best on val"] = _best_rule(long, keys)
     return Table(
-        "Task-identity inference rules (identified fraction; accuracy with inferred tasks)", long, index, "metric"
+        "Task-identity inference rules on test (identified fraction; accuracy with inferred tasks); "
+        f"each config's best rule chosen on {RULE_CHOSEN_ON}",
+        long,
+        [*keys, "rule", "best on val"],
+        "metric",
     )
+
+
+def _best_rule(long: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Per row of `long`: "yes" on the rows of each config's rule with the highest mean `RULE_CHOSEN_ON`."""
+    config = long[keys].apply(lambda r: "~".join(cell_text(v) for v in r), axis=1)  # None-safe group keys
+    chosen = long[(long["metric"] == RULE_CHOSEN_ON) & long["mean"].notna()]
+    best = {config[i]: chosen.loc[i, "rule"] for i in chosen.groupby(config[chosen.index], sort=False)["mean"].idxmax()}
+    return ["yes" if best.get(c) == rule else "" for c, rule in zip(config, long["rule"])]

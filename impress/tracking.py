@@ -3,8 +3,9 @@
 Only the study's driver writes to MLflow (trials report to Tune; a Tune callback forwards), so a
 local SQLite store is safe under any number of concurrent trials. Runs are found again by their
 `impress.trial_id` tag, so a restored study or a retried trial never creates a second run, and a
-step (the task index) is logged once. `sync` re-logs a study from its own files, so nothing a
-finished trial produced is lost while the tracking server is away.
+step (the task index) is logged once, with every metric of its report (`val/...` and `test/...`).
+`sync` re-logs a study from its own files, so nothing a finished trial produced is lost while the
+tracking server is away.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from impress.metrics import is_metric
 
 __all__ = ["TrackingError", "StudyTracker", "default_tracking_uri", "check_reachable", "sync_from_tune", "redact"]
 
+# NOTE: a metric every report holds, whatever the method, scenario or split (and always finite, so
+# logged): its history tells which steps a trial's run already has
+STEP_METRIC = "time/task_s"
 TRIAL_TAG = "impress.trial_id"
 KIND_TAG = "impress.kind"  # "study" for the parent run, "trial" for a trial's run
 
@@ -152,7 +156,7 @@ class StudyTracker:
             )
             self._logged[trial_id] = set()
         else:  # a gap left while the store was away is filled by the next sync
-            self._logged[trial_id] = {m.step for m in self.client.get_metric_history(run.info.run_id, "acc/avg")}
+            self._logged[trial_id] = {m.step for m in self.client.get_metric_history(run.info.run_id, STEP_METRIC)}
         self._runs[trial_id] = run.info.run_id
         return run.info.run_id
 
@@ -174,7 +178,8 @@ class StudyTracker:
         self._logged[trial_id].add(step)
 
     def finish_trial(self, trial_id: str, *, state: str, results_dir: Path | None, extra_tags: dict[str, str]) -> None:
-        """Artifacts (results.json, acc_matrix.csv), provenance tags, state, and the run's end."""
+        """Artifacts (results.json, acc_matrix.csv and val_acc_matrix.csv), provenance tags, state,
+        and the run's end."""
         run_id = self._runs[trial_id]
         if results_dir is not None and (results_dir / "results.json").exists():
             results = json.loads((results_dir / "results.json").read_text())
@@ -192,7 +197,7 @@ class StudyTracker:
             }
             for k, v in tags.items():
                 self.client.set_tag(run_id, k, v)
-            for name in ("results.json", "acc_matrix.csv"):
+            for name in ("results.json", "acc_matrix.csv", "val_acc_matrix.csv"):
                 if (results_dir / name).exists():
                     self.client.log_artifact(run_id, str(results_dir / name))
         for k, v in {**extra_tags, "impress.state": state}.items():

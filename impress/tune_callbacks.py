@@ -1,5 +1,8 @@
 """Ray Tune callbacks of a study's driver: a line per trial event on the terminal, and every trial
-result forwarded to MLflow (the only writer: trials never talk to the store)."""
+result forwarded to MLflow (the only writer: trials never talk to the store).
+
+A progress line shows each objective's value, what the study chooses on (validation), with its
+twin on the other split beside it: `val/acc/avg=0.9123 (test 0.9011)`."""
 
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from impress.metrics import split_of, twin
 from impress.study import Study
-from impress.study_outcome import reason, text
+from impress.study_outcome import other_split, reason, text
 
 __all__ = ["progress_callback", "tracking_callback", "trial_reason"]
 
@@ -26,6 +30,7 @@ def progress_callback(study: Study, out: TextIO = sys.stderr):
         def __init__(self) -> None:
             self.started = self.finished = self.failed = 0
             self.best: float | None = None
+            self.best_twin: Any = None  # the best trial's value of the first objective's twin
             self.t0 = time.monotonic()
 
         def _line(self, line: str) -> None:
@@ -41,11 +46,8 @@ def progress_callback(study: Study, out: TextIO = sys.stderr):
             done, total = result.get("tasks_done"), result.get("num_tasks")
             if done is None or done >= total:  # the last task: the `done` line follows
                 return
-            values = "  ".join(  # NOTE: acc/avg_coeff_tasks is NaN until a task is learned by coefficients
-                f"{o.metric}={'n/a' if result[o.metric] != result[o.metric] else text(result[o.metric])}"
-                for o in study.objectives
-                if o.metric in result
-            )
+            # NOTE: inference objectives come only with the last task's report
+            values = "  ".join(_with_twin(result, o.metric) for o in study.objectives if o.metric in result)
             self._line(f"task   {trial.trial_id}  {done}/{total}  {values}".rstrip())
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -58,12 +60,15 @@ def progress_callback(study: Study, out: TextIO = sys.stderr):
                 else (f"stopped early after {r.get('tasks_done')} tasks")
             )
             value = r.get(obj.metric)
-            if state == "complete" and value is not None:
-                better = self.best is None or (value > self.best if obj.mode == "max" else value < self.best)
-                self.best = value if better else self.best
+            if state == "complete" and value is not None and value == value:
+                if self.best is None or (value > self.best if obj.mode == "max" else value < self.best):
+                    self.best = value
+                    self.best_twin = r.get(twin(obj.metric, other_split(obj.metric))) if split_of(obj.metric) else None
             running = sum(t.status == "RUNNING" and t is not trial for t in trials)
-            best = "n/a" if self.best is None else f"{self.best:.4g}"
-            summary = "  ".join(f"{o.metric}={text(r.get(o.metric))}" for o in study.objectives)
+            best = _value(self.best)
+            if self.best is not None and split_of(obj.metric):
+                best += f" ({other_split(obj.metric)} {_value(self.best_twin)})"
+            summary = "  ".join(_with_twin(r, o.metric) for o in study.objectives)
             self._line(
                 f"done   {trial.trial_id}  {state}  {summary}  | {self.finished} finished, "
                 f"{running} running, best {obj.metric} {best}"
@@ -180,3 +185,19 @@ def trial_reason(trial) -> str:
 
 def _short(values: dict[str, Any]) -> str:
     return " ".join(f"{k}={text(v)}" for k, v in values.items())
+
+
+def _value(v: Any) -> str:
+    """A reported value as short text; n/a for one not (yet) reported, or NaN (e.g.
+    acc/avg_coeff_tasks until a task is learned by coefficients)."""
+    return "n/a" if v is None or v != v else text(v)
+
+
+def _with_twin(result: dict[str, Any], metric: str) -> str:
+    """`val/acc/avg=0.9123 (test 0.9011)`: the metric's value and, for a metric of a data split, its
+    twin's on the other split; a metric of no split (`bits/per_task`) alone."""
+    line = f"{metric}={_value(result.get(metric))}"
+    if split_of(metric) is not None:
+        other = other_split(metric)
+        line += f" ({other} {_value(result.get(twin(metric, other)))})"
+    return line

@@ -4,6 +4,11 @@ One Tune trial is one task-stream run of `impress.trainer.run`; it reports after
 the per-task checkpoint attached, so a failed trial is retried from its last finished task and an
 interrupted study resumes (`impress study resume NAME`) with every trial's results unchanged.
 
+A study chooses on validation: ASHA stops trials on its early-stopping metric and Optuna proposes
+on its objectives, both validation metrics (`val/acc/avg`; test ones only with the study's
+`choose_on_test`), in the objectives' directions. Every report carries both splits, and so do the
+study's records.
+
 Layout of a study's folder `<storage>/<name>/`:
 
     study.yaml      the validated study (what `resume` runs)
@@ -13,9 +18,11 @@ Layout of a study's folder `<storage>/<name>/`:
                     study (so Tune's trials and Optuna's record are saved together)
     checkpoints/    each trial's per-task checkpoint, in a folder named by its config
     optuna.db       the Optuna study exported to SQLite when the study ends (`optuna.load_study`)
-    results/        each finished trial's results.json (accuracy matrix, bits, provenance)
-    trials.csv      one row per trial: its values, state (complete / stopped early / failed), metrics
-    front.csv, pareto.png   the non-dominated complete trials and the plot
+    results/        each finished trial's results.json (accuracy matrices, bits, provenance)
+    trials.csv      one row per trial: its values, state (complete / stopped early / failed), and
+                    every metric of its last report, validation and test
+    front.csv, pareto.png   the complete trials non-dominated in the objectives (validation), each
+                    objective's test twin beside it, and the plot
 
 The files at the end come from `impress.study_outcome`; the driver's Tune callbacks (progress lines,
 MLflow) from `impress.tune_callbacks`.
@@ -412,7 +419,8 @@ def has_state(root: Path) -> bool:
 
 
 def _as_yaml(study: Study) -> dict[str, Any]:
-    """The study as a study file (round-trips through `Study.from_dict`)."""
+    """The study as a study file (round-trips through `Study.from_dict`, `choose_on_test` included:
+    a resumed study admits the test objectives it started with)."""
     d = asdict(study)
     d["search"] = {
         p["name"]: {k: v for k, v in p.items() if k != "name" and v not in (None, (), False)} | {"type": p["kind"]}

@@ -22,7 +22,7 @@ from impress.config import Config
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
-RESULT_KEYS = {"config", "acc_matrix", "metrics", "overhead", "task_seconds", "stream", "provenance"}
+RESULT_KEYS = {"config", "acc_matrix", "val_acc_matrix", "metrics", "overhead", "task_seconds", "stream", "provenance"}
 FIRST_RUN = {"num_tasks": "3", "m": "2", "epochs": "2"}
 
 
@@ -68,30 +68,38 @@ def first_run(tmp_path_factory):
 def test_run_prints_a_table_and_writes_its_results(first_run):
     proc, run_dir, results, out = first_run
     assert proc.returncode == 0, proc.stderr
-    assert "acc/avg" in proc.stdout
     assert [p.name for p in out.iterdir()] == [run_dir.name]
 
     assert RESULT_KEYS <= set(results)
     assert results["config"] == Config.from_dict(FIRST_RUN).to_dict()
-    R = results["acc_matrix"]
+    R, V = results["acc_matrix"], results["val_acc_matrix"]  # test, validation
     _check_acc_matrix(R, 3)
-    assert results["metrics"]["acc/avg"] == pytest.approx(sum(R[-1]) / 3)
-    assert f"{results['metrics']['acc/avg']:.3f}" in proc.stdout
+    _check_acc_matrix(V, 3)
+    metrics = results["metrics"]
+    assert metrics["test/acc/avg"] == pytest.approx(sum(R[-1]) / 3)
+    assert metrics["val/acc/avg"] == pytest.approx(sum(V[-1]) / 3)
+    # the table: each metric's test value (the headline), its validation value beside it
+    for name in ("acc/avg", "forgetting", "bwt"):
+        line = next(line for line in proc.stdout.splitlines() if line.startswith(f"{name} "))
+        assert line.split() == [name, f"{metrics[f'test/{name}']:.3f}", f"{metrics[f'val/{name}']:.3f}"]
+    # the progress bar: the test accuracy so far and the just-trained task's
+    assert f"test/acc/avg={metrics['test/acc/avg']:.3f}, just_trained={R[2][2]:.3f}]" in proc.stderr, proc.stderr
     assert len(results["task_seconds"]) == 3 and all(s > 0 for s in results["task_seconds"])
     assert results["stream"]["stream"] == "rotated" and results["stream"]["tasks"] == 3
     for name in results["stream"]["task_names"]:
         assert name in proc.stdout
     assert results["provenance"]["seed"] == 0
 
-    with open(run_dir / "acc_matrix.csv", newline="") as f:
-        header, *rows = list(csv.reader(f))
-    assert len(header) == 3 and len(rows) == 3
-    for row, expected in zip(rows, R):
-        for text, value in zip(row, expected):
-            if value is None:
-                assert math.isnan(float(text))
-            else:
-                assert float(text) == pytest.approx(value, abs=1e-6)
+    for name, matrix in (("acc_matrix.csv", R), ("val_acc_matrix.csv", V)):
+        with open(run_dir / name, newline="") as f:
+            header, *rows = list(csv.reader(f))
+        assert len(header) == 3 and len(rows) == 3
+        for row, expected in zip(rows, matrix):
+            for text, value in zip(row, expected):
+                if value is None:
+                    assert math.isnan(float(text))
+                else:
+                    assert float(text) == pytest.approx(value, abs=1e-6)
 
     assert yaml.safe_load((run_dir / "config.yaml").read_text()) == results["config"]
 
@@ -111,7 +119,7 @@ def test_resume_reproduces_the_results(first_run):
     resumed = _impress("--out", str(out), *_flags(FIRST_RUN), "--resume", cwd=out)
     assert resumed.returncode == 0, resumed.stderr
     after = json.loads((run_dir / "results.json").read_text())
-    assert after["acc_matrix"] == results["acc_matrix"]
+    assert after["acc_matrix"] == results["acc_matrix"] and after["val_acc_matrix"] == results["val_acc_matrix"]
     assert after["config"] == results["config"]
 
 

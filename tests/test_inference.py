@@ -15,6 +15,7 @@ from impress.inference import (
     evaluate_inference,
     identify,
     infer,
+    real_entropy,
     task_basis,
 )
 from impress.layers import masked_layers, task_norms, task_view
@@ -46,6 +47,27 @@ def impress():
 
 def test_rule_registry_is_the_config_choices():
     assert set(RULES) == set(INFERENCE_RULES)
+
+
+def test_h_is_supsups_entropy_over_every_output_and_h_real_over_the_real_classes():
+    logits = torch.tensor([[2.0, 0.0, 1.0, -1.0, 3.0]])  # 3 real classes, 2 superfluous outputs
+    p = logits.softmax(dim=1)
+    assert entropy(logits, 3) == pytest.approx(float(-(p * p.log()).sum()))  # all 5 outputs
+    q = logits[:, :3].softmax(dim=1)
+    assert real_entropy(logits, 3) == pytest.approx(float(-(q * q.log()).sum()))
+    assert entropy(logits[:, :3], 3) == real_entropy(logits, 3)  # without superfluous outputs: the same
+    assert RULES["oneshot_h"].objective == "H" and RULES["oneshot_h_real"].objective == "H_real"
+
+
+def test_h_and_h_real_pick_the_same_tasks_without_superfluous_outputs():
+    cfg = Config(method="supsup", num_tasks=3, stream="permuted", widths=(32, 32), epochs=1, infer_batch_size=64)
+    stream, method = _learned(cfg)
+    basis = task_basis(method)
+    xs = torch.cat([task.test_data()[0][:4] for task in stream]).unsqueeze(1)  # 12 single images
+    for search in ("oneshot", "binary"):
+        h, _ = identify(basis, method.net, xs, f"{search}_h", cfg, classes=10)
+        h_real, _ = identify(basis, method.net, xs, f"{search}_h_real", cfg, classes=10)
+        assert torch.equal(h, h_real)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -198,16 +220,19 @@ def test_enabling_inference_leaves_gg_accuracy_unchanged(tmp_path):
     gnu = run(Config(**TINY, scenario="GNu", infer_rules=("oneshot_g", "binary_h"), infer_single=True), reported.append)
     np.testing.assert_array_equal(np.array(gnu.acc_matrix), np.array(gg.acc_matrix))
     np.testing.assert_array_equal([gnu.metrics[k] for k in gg.metrics], list(gg.metrics.values()))
-    assert not any(k.startswith(("task_infer", "acc/gn")) for k in gg.metrics)
-    for key in ("task_infer/acc", "task_infer/acc_single", "acc/gnu", "acc/gnu_single", "time/infer_batch_ms"):
-        assert key in gnu.metrics and key in reported[-1]  # headline keys: the first rule
-    assert gnu.metrics["acc/gnu"] == gnu.metrics["acc/gnu/oneshot_g"] and "acc/gnu/binary_h" in gnu.metrics
-    assert not any(k.startswith("acc/gns") for k in gnu.metrics)  # GNu reports GNu
-    assert not any(k.startswith("task_infer") for k in reported[0])  # only after the last task
+    assert not any("task_infer" in k or "/acc/gn" in k for k in gg.metrics)
+    for split in ("val", "test"):  # inferred on both splits: a study chooses on val, results report test
+        for key in ("task_infer/acc", "task_infer/acc_single", "acc/gnu", "acc/gnu_single"):
+            assert f"{split}/{key}" in gnu.metrics and f"{split}/{key}" in reported[-1]  # headline: the first rule
+        assert gnu.metrics[f"{split}/acc/gnu"] == gnu.metrics[f"{split}/acc/gnu/oneshot_g"]
+        assert f"{split}/acc/gnu/binary_h" in gnu.metrics
+    assert "time/infer_batch_ms" in gnu.metrics
+    assert not any("/acc/gns" in k for k in gnu.metrics)  # GNu reports GNu
+    assert not any("task_infer" in k for k in reported[0])  # only after the last task
     # a finished run's checkpoint can be evaluated under another scenario: inference is not training
     gns = run(Config(**TINY, scenario="GNs"), checkpoint_dir=tmp_path)
     np.testing.assert_array_equal(np.array(gns.acc_matrix), np.array(gg.acc_matrix))
-    assert "acc/gns" in gns.metrics
+    assert "test/acc/gns" in gns.metrics and "val/acc/gns" in gns.metrics
 
 
 @pytest.mark.parametrize(

@@ -156,7 +156,9 @@ def test_conversion_is_exact_and_torchvision_reads_it(writer, tmp_path, monkeypa
     stream = build_stream("permuted", "mnist", num_tasks=1, seed=0, data_root=None)
     assert torch.equal(stream.source.y_test, test.targets)
     # the classic split: the pickle's 50,000 training images train, its 10,000 validation images validate
-    pixels = {split: (stream.source.split(split)[0] * 255).round().to(torch.uint8).squeeze(1) for split in ("train", "val")}
+    pixels = {
+        split: (stream.source.split(split)[0] * 255).round().to(torch.uint8).squeeze(1) for split in ("train", "val")
+    }
     assert torch.equal(pixels["train"], torch.from_numpy(data.k["training"]))
     assert torch.equal(pixels["val"], torch.from_numpy(data.k["validation"]))
     assert torch.equal(stream.source.y_val, torch.from_numpy(data.y["validation"]).long())
@@ -357,4 +359,6 @@ def test_the_real_command_writes_mnist(tmp_path, monkeypatch):
 
     monkeypatch.setenv("IMPRESS_DATA", str(root))  # `source: mnist` with no data_root
     stream = build_stream("permuted", "mnist", num_tasks=1, seed=0, data_root=None)
-    assert stream.identity()["train_size"] == 60_000 and stream.identity()["test_size"] == 10_000
+    sizes = {k: stream.identity()[f"{k}_size"] for k in ("train", "val", "test")}
+    assert sizes == {"train": 50_000, "val": 10_000, "test": 10_000}  # the classic split
+    assert torch.equal(stream.source.y_val.cpu(), train.targets[50_000:])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from impress.streams import SOURCES, STREAMS, DatasetMissingError, batches, build_stream
+from impress.streams import SOURCES, STREAMS, DatasetMissingError, batches, build_stream, learning_order
 
 TORCHVISION_SOURCES = [name for name in SOURCES if name != "digits"]
 
@@ -240,6 +240,7 @@ def test_a_shuffled_order_learns_the_same_tasks_in_a_seeded_order(kind):
     for task in shuffled:  # each task's data is the same task's, wherever it sits in the order
         for split in ("train", "test"):
             assert torch.equal(task.data(split)[0], by_name[task.name].data(split)[0])
+    assert names == [sequential[k].name for k in learning_order(5, "shuffled", 4)]  # what reports rebuild
     with pytest.raises(KeyError, match="unknown task order 'random'"):
         build_stream(kind, "digits", num_tasks=5, seed=4, task_order="random")
 

@@ -14,7 +14,7 @@ SEARCH = {
     "name": "s",
     "base": {"num_tasks": 4},
     "search": {"m": {"type": "int", "low": 2, "high": 4}, "granularity": ["global", "layer"]},
-    "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+    "objectives": [{"metric": "val/acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
 }
 
 
@@ -76,25 +76,26 @@ def _error(data) -> str:
         ({"search": {"m": {"type": "normal", "low": 1, "high": 2}}}, "search.m.type: 'normal' is not one of"),
         ({"search": {"m": {"type": "int", "low": 2, "high": 4, "stepp": 1}}}, "search.m: unknown key(s) ['stepp']"),
         ({"objectives": [{"metric": "accuracy", "mode": "max"}]}, "objectives[0].metric: 'accuracy' is not one of"),
-        ({"objectives": [{"metric": "acc/avg", "mode": "up"}]}, "objectives[0].mode: 'up'"),
+        ({"objectives": [{"metric": "val/acc/avg", "mode": "up"}]}, "objectives[0].mode: 'up'"),
         (
-            {"objectives": [{"metric": "task_infer/acc", "mode": "max"}]},
-            "objectives[0].metric: task_infer/acc is never reported at base with every searched field at its "
+            {"objectives": [{"metric": "val/task_infer/acc", "mode": "max"}]},
+            "objectives[0].metric: val/task_infer/acc is never reported at base with every searched field at its "
             "low or first value: task identity is given (scenario GG)",
         ),
         (
-            {"base": {"num_tasks": 4, "scenario": "GNu"}, "objectives": [{"metric": "acc/gns", "mode": "max"}]},
-            "acc/gns is never reported at base with every searched field at its low or first value: the trial's "
+            {"base": {"num_tasks": 4, "scenario": "GNu"}, "objectives": [{"metric": "val/acc/gns", "mode": "max"}]},
+            "val/acc/gns is never reported at base with every searched field at its low or first value: the trial's "
             "scenario is GNu",
         ),
         (
             {
                 "base": {"num_tasks": 4, "scenario": "GNs"},
-                "objectives": [{"metric": "task_infer/acc/fit", "mode": "max"}],
+                "objectives": [{"metric": "val/task_infer/acc/fit", "mode": "max"}],
             },
             "'fit' is not among its infer_rules ['oneshot_h']",
         ),
-        ({"objectives": [{"metric": "task_infer/acc/guess", "mode": "max"}]}, "nor an inference metric per rule"),
+        ({"objectives": [{"metric": "val/task_infer/acc/guess", "mode": "max"}]}, "nor an inference metric per rule"),
+        ({"choose_on_test": "yes"}, "choose_on_test: expected true or false, got 'yes'"),
         ({"sampler": "cmaes"}, "sampler: 'cmaes' is not one of"),
         ({"trials": 0}, "trials: expected an integer >= 1"),
         ({"seeds": [0, 1]}, "seeds: a search study runs each proposed config with one seed"),
@@ -116,9 +117,9 @@ def test_inference_objectives_are_accepted_where_every_trial_reports_them():
         "name": "gn",
         "base": {"num_tasks": 4, "m": 2, "scenario": "GNu", "superfluous": 4, "infer_rules": ["oneshot_h", "binary_g"]},
         "grid": {"method": ["supsup", "impresslearn"]},
-        "objectives": [{"metric": "acc/gnu/binary_g", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+        "objectives": [{"metric": "val/acc/gnu/binary_g", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
     }
-    assert Study.from_dict(data).objectives[0].metric == "acc/gnu/binary_g"
+    assert Study.from_dict(data).objectives[0].metric == "val/acc/gnu/binary_g"
     data["grid"]["scenario"] = ["GNu", "GG"]  # one grid point would never report it
     assert "grid point (method=supsup, scenario=GG): task identity is given" in _error(data)
 
@@ -135,9 +136,9 @@ def test_coefficient_task_accuracy_is_an_objective_only_where_some_task_is_learn
         "name": "coeff",
         "base": {"num_tasks": 4},
         "cases": [{"m": 2}, case],
-        "objectives": [{"metric": "acc/avg_coeff_tasks", "mode": "max"}],
+        "objectives": [{"metric": "val/acc/avg_coeff_tasks", "mode": "max"}],
     }
-    assert "acc/avg_coeff_tasks is never reported at grid point" in _error(data) and reason in _error(data)
+    assert "val/acc/avg_coeff_tasks is never reported at grid point" in _error(data) and reason in _error(data)
     data["cases"] = [{"m": 2}, {"m": 4, "impressions": "random"}, {"method": "finetune"}]
     assert len(Study.from_dict(data).grid_points()) == 3
 
@@ -187,3 +188,67 @@ def test_a_grid_study_takes_no_trial_budget():
         "--trials: study 'g' is a grid study: it runs each of its 4 grid points once; "
         "only a search takes a number of trials"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Choose on validation, report on test
+
+
+def _with_metric(where: str, metric: str) -> dict:
+    """SEARCH choosing (objectives) or stopping early (early_stopping) on `metric`."""
+    if where == "objectives":
+        return {**SEARCH, "objectives": [{"metric": metric, "mode": "max"}, SEARCH["objectives"][1]]}
+    return {**SEARCH, "early_stopping": {"metric": metric, "grace_tasks": 1}}
+
+
+def _file_error(tmp_path, data) -> str:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(StudyError) as info:
+        Study.from_yaml(path)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("where", ["objectives", "early_stopping"])
+def test_a_study_file_choosing_on_test_is_refused_naming_the_validation_twin(tmp_path, where):
+    field = "objectives[0].metric" if where == "objectives" else "early_stopping.metric"
+    err = _file_error(tmp_path, _with_metric(where, "test/acc/avg"))
+    assert f"{field}: 'test/acc/avg' is measured on the test split, and a study chooses on validation: " in err
+    assert "use 'val/acc/avg'" in err and "`choose_on_test: true`" in err
+    # a name without its split (as metrics were once named, when they meant test)
+    err = _file_error(tmp_path, _with_metric(where, "acc/avg"))
+    assert f"{field}: 'acc/avg' names no data split" in err and "use 'val/acc/avg'" in err
+    assert "'test/forgetting'" not in err
+    assert "use 'val/forgetting'" in _file_error(tmp_path, _with_metric(where, "test/forgetting"))
+
+
+def test_an_inference_objective_on_test_is_refused_naming_its_validation_twin(tmp_path):
+    data = {**SEARCH, "base": {"num_tasks": 4, "scenario": "GNs"}}
+    for metric in ("test/task_infer/acc/oneshot_h", "task_infer/acc/oneshot_h"):
+        data["objectives"] = [{"metric": metric, "mode": "max"}]
+        assert "use 'val/task_infer/acc/oneshot_h'" in _file_error(tmp_path, data)
+
+
+@pytest.mark.parametrize("where", ["objectives", "early_stopping"])
+def test_choose_on_test_admits_test_metrics_knowingly_and_round_trips(tmp_path, where):
+    data = {**_with_metric(where, "test/acc/avg"), "choose_on_test": True}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    study = Study.from_yaml(path)
+    assert study.choose_on_test
+    chosen = study.objectives[0] if where == "objectives" else study.early_stopping
+    assert chosen.metric == "test/acc/avg"
+    # the study.yaml a study writes (what `resume` reads) keeps it
+    written = yaml.safe_dump(_as_yaml(study), sort_keys=False)
+    assert "choose_on_test: true" in written and Study.from_dict(yaml.safe_load(written)) == study
+    # validation metrics stay admitted; a name without its split is still no metric
+    assert Study.from_dict({**_with_metric(where, "val/acc/avg"), "choose_on_test": True}).choose_on_test
+    err = _error({**_with_metric(where, "acc/avg"), "choose_on_test": True})
+    assert "use 'val/acc/avg'" in err and "with `choose_on_test: true`, 'test/acc/avg' chooses on test" in err
+
+
+def test_a_study_chooses_on_validation_by_default():
+    study = Study.from_dict({"name": "d", "base": {"num_tasks": 4, "m": 2}, "early_stopping": {}})
+    assert [o.metric for o in study.objectives] == ["val/acc/avg"] and not study.choose_on_test
+    assert study.early_stopping.metric == "val/acc/avg"
+    assert "choose_on_test: false" in yaml.safe_dump(_as_yaml(study))

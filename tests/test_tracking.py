@@ -23,7 +23,7 @@ STUDY = {
     "name": "tracked",
     "base": {"num_tasks": 3, "epochs": 2, "widths": [32, 32]},
     "grid": {"m": [1, 2]},
-    "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+    "objectives": [{"metric": "val/acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
 }
 
 
@@ -52,10 +52,12 @@ def _check_study_records(uri: str, name: str, study: Study, num_trials: int) -> 
         assert params == {
             k: (",".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cfg.to_dict().items()
         } | {"threads": "1", "device": "cpu"}  # a trial without a GPU runs on the CPU
-        history = client.get_metric_history(run.info.run_id, "acc/avg")
-        assert sorted(m.step for m in history) == [0, 1, 2]  # step = task index, each once
-        assert len(client.get_metric_history(run.info.run_id, "acc/task_000")) == 3
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"results.json", "acc_matrix.csv"}
+        for split in ("val", "test"):  # every metric of both splits
+            history = client.get_metric_history(run.info.run_id, f"{split}/acc/avg")
+            assert sorted(m.step for m in history) == [0, 1, 2]  # step = task index, each once
+            assert len(client.get_metric_history(run.info.run_id, f"{split}/acc/task_000")) == 3
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"results.json", "acc_matrix.csv", "val_acc_matrix.csv"}
 
 
 def test_study_is_recorded_in_a_sqlite_store(tmp_path):

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from impress.checkpoint import FILENAME, CheckpointError
+from impress.checkpoint import FILENAME, CheckpointError, load_checkpoint, save_checkpoint
 from impress.config import Config
 from impress.layers import TopK, masked_layers, task_norms, task_view
 from impress.methods import DivergedError, train_epochs
 from impress.seeding import generator
+from impress.streams import SOURCES, Source
 from impress.trainer import build, evaluate, resolve_device, run
 
 CPU = resolve_device("cpu")
@@ -79,9 +80,32 @@ def test_resume_is_exact(tmp_path):
     assert [m["step"] for m in reported] == [4]  # nothing redone, nothing lost
     assert reported[0]["resumed_from"] == 4
     np.testing.assert_array_equal(np.array(resumed.acc_matrix), np.array(full.acc_matrix))
+    np.testing.assert_array_equal(np.array(resumed.val_acc_matrix), np.array(full.val_acc_matrix))
     a = torch.load(tmp_path / "full" / FILENAME, weights_only=True)["method"]
     b = torch.load(tmp_path / "cut" / FILENAME, weights_only=True)["method"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_and_test_images_never_reach_training(tmp_path, monkeypatch):
+    """Scrambling the validation and test splits changes what is measured, never what is learned."""
+    cfg = Config(m=2, num_tasks=3, epochs=2, widths=(32, 32))
+    clean = run(cfg, checkpoint_dir=tmp_path / "clean")
+    digits = SOURCES["digits"]
+
+    def scrambled(root=None, download=False):
+        s = digits(root, download)
+        g = torch.Generator().manual_seed(1)
+        noise = {k: torch.rand(getattr(s, f"x_{k}").shape, generator=g) for k in ("val", "test")}
+        return Source(
+            s.name, s.x_train, s.y_train, noise["val"], s.y_val.flip(0), noise["test"], s.y_test.flip(0), num_classes=10
+        )
+
+    monkeypatch.setitem(SOURCES, "digits", scrambled)
+    other = run(cfg, checkpoint_dir=tmp_path / "scrambled")
+    a = torch.load(tmp_path / "clean" / FILENAME, weights_only=True)["method"]
+    b = torch.load(tmp_path / "scrambled" / FILENAME, weights_only=True)["method"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert clean.acc_matrix != other.acc_matrix and clean.val_acc_matrix != other.val_acc_matrix
 
 
 def test_checkpoint_holds_no_frozen_weights(tmp_path):
@@ -96,6 +120,17 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
     run(Config(method="supsup", num_tasks=2, epochs=1), checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match=r"differs in \['epochs'\]"):
         run(Config(method="supsup", num_tasks=2, epochs=2), checkpoint_dir=tmp_path)
+
+
+def test_a_checkpoint_from_before_the_validation_split_is_refused(tmp_path):
+    # such a run trained on what is now the validation split: continuing it would mix two splits
+    cfg = Config(method="supsup", num_tasks=2, epochs=1, widths=(16,))
+    run(cfg, checkpoint_dir=tmp_path)
+    payload = load_checkpoint(tmp_path)
+    del payload["val_acc_matrix"]
+    save_checkpoint(tmp_path, payload)
+    with pytest.raises(CheckpointError, match="predates the validation split.*delete it"):
+        run(cfg, checkpoint_dir=tmp_path)
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
@@ -132,9 +167,12 @@ def test_reports_use_task_index_as_step():
     reported = []
     result = run(Config(m=2, num_tasks=3, epochs=1), report=reported.append)
     assert [m["step"] for m in reported] == [0, 1, 2]
-    task_keys = sorted(k for k in reported[-1] if k.startswith("acc/task_"))
-    assert task_keys == ["acc/task_000", "acc/task_001", "acc/task_002"]
-    assert reported[-1]["acc/avg"] == result.metrics["acc/avg"]
+    for split, R in (("test", result.acc_matrix), ("val", result.val_acc_matrix)):
+        task_keys = sorted(k for k in reported[-1] if k.startswith(f"{split}/acc/task_"))
+        assert task_keys == [f"{split}/acc/task_000", f"{split}/acc/task_001", f"{split}/acc/task_002"]
+        assert reported[-1][f"{split}/acc/avg"] == result.metrics[f"{split}/acc/avg"] == np.mean(R[-1])
+    # validation and test are different images: the two matrices are measured, not copied
+    assert result.val_acc_matrix != result.acc_matrix
     assert reported[-1]["bits/total"] == result.overhead["total_bits"]
     assert len(result.task_seconds) == 3 and all(s > 0 for s in result.task_seconds)
     assert result.provenance["seed"] == 0 and "torch" in result.provenance["versions"]
@@ -143,7 +181,7 @@ def test_reports_use_task_index_as_step():
 def test_split_stream_with_resnet_runs():
     cfg = Config(method="supsup", stream="split", num_tasks=2, backbone="convnet", epochs=1)
     result = run(cfg)
-    assert len(result.acc_matrix) == 2 and not math.isnan(result.metrics["acc/avg"])
+    assert len(result.acc_matrix) == 2 and not math.isnan(result.metrics["test/acc/avg"])
 
 
 def test_evaluate_is_accuracy_of_the_view():

@@ -29,7 +29,7 @@ SEARCH = {
     "name": "mo",
     "base": BASE,
     "search": {"m": {"type": "int", "low": 1, "high": 2}, "granularity": ["global", "layer", "channel"]},
-    "objectives": [{"metric": "acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
+    "objectives": [{"metric": "val/acc/avg", "mode": "max"}, {"metric": "bits/per_task", "mode": "min"}],
     "sampler": "tpe",
     "trials": 4,
     "concurrency": 2,
@@ -80,14 +80,19 @@ def test_multiobjective_search_runs_to_completion(tmp_path):
     assert len(trials) == 4 and set(trials["state"]) == {"complete"} and outcome.complete
     assert trials["trial_id"].is_unique
     front = pd.read_csv(outcome.root / "front.csv")
-    on = pareto_mask(trials[["acc/avg", "bits/per_task"]].to_numpy(), ["max", "min"])
+    on = pareto_mask(trials[["val/acc/avg", "bits/per_task"]].to_numpy(), ["max", "min"])  # chosen on validation
     assert sorted(front["trial_id"]) == sorted(trials["trial_id"][on])
+    # ... and reported on test: each table holds both splits, the objective's test twin beside it
+    for table in (trials, front):
+        assert table[["val/acc/avg", "test/acc/avg"]].stack().between(0, 1).all()
+        assert list(table.columns).index("test/acc/avg") == list(table.columns).index("val/acc/avg") + 1
     assert (outcome.root / "pareto.png").stat().st_size > 10_000
     for _, row in trials.iterrows():  # every trial's results equal a direct run of its config and seed
         _same_matrix(_results(outcome.root, row["trial_id"])["acc_matrix"], _direct(study, row))
     stored = optuna.load_study(study_name="mo", storage=f"sqlite:///{outcome.root / 'optuna.db'}")
     assert [t.state for t in stored.trials] == [optuna.trial.TrialState.COMPLETE] * 4
-    assert sorted(t.values[0] for t in stored.trials) == sorted(trials["acc/avg"])
+    assert sorted(t.values[0] for t in stored.trials) == sorted(trials["val/acc/avg"])  # Optuna saw validation
+    assert stored.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
 
 
 def _pids_with(text: str) -> list[int]:
@@ -158,7 +163,7 @@ def test_killed_trial_is_retried_from_its_checkpoint(tmp_path):
     experiment = client.get_experiment_by_name("retry")
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`impress.kind` = 'trial'")
     assert len(runs) == 1 and runs[0].data.tags["impress.state"] == "complete"
-    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "acc/avg")) == list(range(6))
+    assert sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "test/acc/avg")) == list(range(6))
     # the terminal: our one line for the failure, whole sentences; Ray's traceback only in the study's log
     terminal = proc.stderr
     failed = [line for line in terminal.splitlines() if " failed " in line]
@@ -232,8 +237,8 @@ def test_interrupted_study_resumes_to_the_same_results(tmp_path, uninterrupted, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     b = pd.read_csv(cut_root / "trials.csv")
     assert len(b) == 4 and b["trial_id"].is_unique and set(b["state"]) == {"complete"}
-    cols = ["m", "granularity", "acc/avg", "bits/per_task"]
-    key = ["m", "granularity", "acc/avg"]
+    cols = ["m", "granularity", "val/acc/avg", "test/acc/avg", "bits/per_task"]
+    key = ["m", "granularity", "val/acc/avg"]
     pd.testing.assert_frame_equal(
         uninterrupted[cols].sort_values(key).reset_index(drop=True), b[cols].sort_values(key).reset_index(drop=True)
     )
@@ -247,7 +252,7 @@ def test_stopped_trials_are_pruned_in_optuna_and_kept_off_the_front(tmp_path):
         "trials": 6,
         "concurrency": 1,
         "sampler": "random",
-        "early_stopping": {"metric": "acc/avg", "grace_tasks": 1, "reduction_factor": 2},
+        "early_stopping": {"metric": "val/acc/avg", "grace_tasks": 1, "reduction_factor": 2},
     }
     study = Study.from_dict(data)
     outcome = run_study(study, storage=tmp_path)
@@ -269,7 +274,7 @@ def test_search_on_an_inference_metric_reported_only_after_the_last_task(tmp_pat
         "name": "gn_search",
         "base": {**BASE, "scenario": "GNu", "superfluous": 4, "infer_rules": ["oneshot_g", "oneshot_h"]},
         "search": {"method": ["supsup", "impresslearn"], "m": {"type": "int", "low": 1, "high": 2}},
-        "objectives": [{"metric": "task_infer/acc/oneshot_h", "mode": "max"}],
+        "objectives": [{"metric": "val/task_infer/acc/oneshot_h", "mode": "max"}],
         "sampler": "random",
         "trials": 2,
         "concurrency": 2,
@@ -277,11 +282,13 @@ def test_search_on_an_inference_metric_reported_only_after_the_last_task(tmp_pat
     outcome = run_study(Study.from_dict(data), storage=tmp_path)
     trials = pd.read_csv(outcome.root / "trials.csv")
     assert len(trials) == 2 and set(trials["state"]) == {"complete"}
-    for col in ("task_infer/acc", "acc/gnu", "task_infer/acc/oneshot_g", "acc/gnu/oneshot_h"):
-        assert trials[col].between(0, 1).all(), col
-    assert (trials["task_infer/acc"] == trials["task_infer/acc/oneshot_g"]).all()  # the first rule is the headline
+    for split in ("val", "test"):
+        for col in ("task_infer/acc", "acc/gnu", "task_infer/acc/oneshot_g", "acc/gnu/oneshot_h"):
+            assert trials[f"{split}/{col}"].between(0, 1).all(), f"{split}/{col}"
+        # the first rule is the headline
+        assert (trials[f"{split}/task_infer/acc"] == trials[f"{split}/task_infer/acc/oneshot_g"]).all()
     stored = optuna.load_study(study_name="gn_search", storage=f"sqlite:///{outcome.root / 'optuna.db'}")
-    assert sorted(t.value for t in stored.trials) == sorted(trials["task_infer/acc/oneshot_h"])
+    assert sorted(t.value for t in stored.trials) == sorted(trials["val/task_infer/acc/oneshot_h"])
 
 
 def test_malformed_study_fails_before_ray_starts(tmp_path):

@@ -97,8 +97,27 @@ def test_damaged_checkpoint_stops_resume_and_overwrites_nothing(finished_run, tm
     assert f"error: {path}: {message}" in proc.stderr
     assert "delete it to start the run over" in proc.stderr and "Traceback" not in proc.stderr
     after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
-    assert after == before  # results.json, acc_matrix.csv, config.yaml and the checkpoint untouched
+    assert after == before  # results, accuracy matrices, config.yaml and the checkpoint untouched
     assert not (run_dir / "checkpoint" / "code-ran").exists()
+
+
+def test_a_checkpoint_from_before_the_validation_split_stops_resume_and_overwrites_nothing(finished_run, tmp_path):
+    """A checkpoint without validation accuracies was trained on what is now the validation split:
+    continuing it would choose on data it learned from."""
+    run_dir = tmp_path / NAME
+    shutil.copytree(finished_run, run_dir)
+    path = run_dir / "checkpoint" / FILENAME
+    payload = torch.load(path, weights_only=True)
+    del payload["val_acc_matrix"]
+    torch.save(payload, path)
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+
+    proc = _impress_run(tmp_path, "--resume")
+
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"error: {path.parent}: the checkpoint has no validation accuracies" in proc.stderr
+    assert "delete it to start the run afresh" in proc.stderr and "Traceback" not in proc.stderr
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_a_pickled_object_is_refused_and_never_run_by_the_loader(tmp_path):

@@ -73,7 +73,8 @@ def _check_failed_run(proc, run_dir: Path, reason: str, after_two: dict) -> None
     assert sorted(p.name for p in path.parent.iterdir()) == [FILENAME]  # no partial file left to fill the disk
     kept = load_checkpoint(path.parent)  # the checkpoint of 2 tasks, whole
     assert kept["tasks_done"] == 2
-    np.testing.assert_array_equal(kept["acc_matrix"], after_two["acc_matrix"])  # NaN above the diagonal
+    for key in ("acc_matrix", "val_acc_matrix"):  # NaN above the diagonal
+        np.testing.assert_array_equal(kept[key], after_two[key])
     assert kept["method"].keys() == after_two["method"].keys()
     assert all(torch.equal(kept["method"][k], after_two["method"][k]) for k in kept["method"])
 
@@ -82,7 +83,7 @@ def _check_resumed(out: Path, results: dict) -> None:
     proc = _impress_run(out, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     resumed = json.loads((out / CFG.run_name() / "results.json").read_text())
-    for key in ("acc_matrix", "metrics", "overhead", "stream"):
+    for key in ("acc_matrix", "val_acc_matrix", "metrics", "overhead", "stream"):
         assert resumed[key] == results[key], key
     assert len(resumed["task_seconds"]) == CFG.num_tasks
 

@@ -68,5 +68,5 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path)
     assert failed.info.status == "FAILED" and failed.data.tags["impress.state"] == "failed"
     assert failed.data.tags["error"].startswith(REASON)
     assert complete.info.status == "FINISHED" and complete.data.tags["impress.state"] == "complete"
-    steps = [m.step for m in client.get_metric_history(failed.info.run_id, "acc/avg")]
+    steps = [m.step for m in client.get_metric_history(failed.info.run_id, "test/acc/avg")]
     assert steps == [0]  # the task learned before the divergence, logged once across both attempts

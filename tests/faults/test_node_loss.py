@@ -93,5 +93,5 @@ def test_trials_of_a_lost_node_resume_on_the_other(cluster, tmp_path):
     runs = client.search_runs([experiment.experiment_id], filter_string="tags.`impress.kind` = 'trial'")
     assert sorted(r.data.tags["impress.trial_id"] for r in runs) == sorted(trials["trial_id"])
     for r in runs:  # one run per trial, every task's step once
-        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "acc/avg"))
+        steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, "test/acc/avg"))
         assert steps == list(range(STUDY["base"]["num_tasks"])), (r.data.tags["impress.trial_id"], steps)

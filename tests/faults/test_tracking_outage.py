@@ -27,9 +27,10 @@ def _check_records(url: str, name: str, trials: int, tasks: int) -> None:
     assert len({r.data.tags["impress.trial_id"] for r in runs}) == trials
     for run in runs:
         assert run.data.tags["impress.state"] == "complete" and run.info.status == "FINISHED"
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "acc/avg"))
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "test/acc/avg"))
         assert steps == list(range(tasks)), (run.data.tags["impress.trial_id"], steps)
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"results.json", "acc_matrix.csv"}
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert artifacts == {"results.json", "acc_matrix.csv", "val_acc_matrix.csv"}
 
 
 def test_server_away_mid_study_loses_and_duplicates_nothing(tmp_path, mlflow_server):
