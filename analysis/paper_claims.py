@@ -71,7 +71,7 @@ def trials(root: Path) -> pd.DataFrame:
         )
     if not rows:
         raise SystemExit(f"{root}: no finished trial (results/*/results.json)")
-    frame = pd.DataFrame(rows).astype({"m": int})
+    frame = pd.DataFrame(rows).astype({"m": object})
     frame.loc[frame["method"] != "impresslearn", ["impressions", "m", "granularity"]] = None
     return frame.assign(config=[_label(r) for _, r in frame.iterrows()])
 

@@ -40,6 +40,11 @@ def test_quick_bench_json_holds_every_figure_with_its_provenance(quick_run):
     figures = {f["name"]: f for f in data["figures"]}
     assert list(figures) == names
     for f in figures.values():
+        if f["name"].startswith("mnist/") and f["value"] != f["value"]:
+            # real MNIST or a finished MNIST study may be absent here: then the figure says so, unjudged
+            assert f["detail"].startswith("not ") or "impress data mnist" in f["detail"], f
+            assert f["met"] is None
+            continue
         assert f["value"] == f["value"] and f["value"] >= 0, f  # a number, not NaN
         if f["unit"] == "x" and f["n"] is not None:  # a timing ratio says its n and spread
             assert f["n"] >= 2 and f["spread"][0] <= f["value"] <= f["spread"][1]
