@@ -170,7 +170,7 @@ class Config:
     )
     infer_rules: tuple[str, ...] = field(
         default=("oneshot_h",),
-        metadata=_doc(f"GN: inference rules, any of {', '.join(INFERENCE_RULES)}; the first is the headline"),
+        metadata=_doc(f"GN: rules, the first is the headline: {' '.join(INFERENCE_RULES)}"),
     )
     superfluous: int = field(
         default=0, metadata=_range(0, 100_000, doc="extra output neurons, never a label (SupSup's G objective: >= 1)")
