@@ -65,7 +65,8 @@ def main() -> int:
         f"n = {n} seeds ({', '.join(map(str, args.seeds))}); mean ± sample std; 64-256-256-10 MLP, "
         f"density 0.5, 20 tasks",
         "",
-        "| stream | method | acc/avg (all tasks) | acc/avg_coeff_tasks | forgetting | bits per task | s per run |",
+        "| stream | method | test/acc/avg (all tasks) | test/acc/avg_coeff_tasks | test/forgetting | bits per task "
+        "| s per run |",
         "|---|---|---|---|---|---|---|",
     ]
     csv = ["stream,method,seed,acc_avg,acc_avg_coeff_tasks,forgetting,per_task_bits,seconds"]
@@ -91,7 +92,7 @@ def main() -> int:
             )
     lines += [
         "",
-        "One stored SupSup mask applied to a task it was not learned on (10-task streams; chance 0.1):",
+        "One stored SupSup mask applied to a task it was not learned on (test split, 10-task streams; chance 0.1):",
         "",
         "| stream | foreign mask, any task | foreign mask, next task |",
         "|---|---|---|",
