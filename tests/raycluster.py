@@ -112,7 +112,11 @@ class Cluster:
     def start(self) -> None:
         for ports, head in ((self.node_ports[:6], True), (self.node_ports[6:], False)):
             env = self.env if head else {**self.env, "IMPRESS_TEST_NODE": self.worker_mark}
-            subprocess.run(self._node(ports, head), env=env, check=True, capture_output=True, timeout=120)
+            done = subprocess.run(self._node(ports, head), env=env, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, (  # Ray says why a node did not start only in its own output
+                f"`ray start` of the {'head' if head else 'second node'} failed ({done.returncode}):\n"
+                f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
         deadline = time.monotonic() + 300
         while len(self.alive_nodes()) < 2:
             assert time.monotonic() < deadline, "the second node never joined"
