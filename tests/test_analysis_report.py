@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from browser import CHROMIUM, chromium, open_page
 from mlflow.tracking import MlflowClient
-from PIL import Image
+from pixels import near, rgb
 
 from impress.cli import main
 from impress.config import Config
@@ -66,16 +66,6 @@ def _shots(tmp: Path) -> Path:
     shots = Path(os.environ.get("IMPRESS_SCREENSHOTS", tmp))
     shots.mkdir(parents=True, exist_ok=True)
     return shots
-
-
-def _rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB")).astype(int)  # (H, W, 3)
-
-
-def _near(img: np.ndarray, px: float, py: float, test, r: int = 3) -> bool:
-    y, x = int(round(py)), int(round(px))
-    patch = img[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].reshape(-1, 3)
-    return bool(any(test(p) for p in patch))
 
 
 def _crimson(p) -> bool:
@@ -177,11 +167,11 @@ def test_report_writes_the_files_and_logs_them(study, tmp_path):
     assert "![per-task accuracy](per_task.png)" in report
     assert "ImpressLearn random (no impression with an angle): the task's learned position" in report
     # every task is drawn where the page's hover area says; random impressions' tasks by learned position
-    page, img = (out / "per_task.html").read_text(), _rgb(out / "per_task.png")
+    page, img = (out / "per_task.html").read_text(), rgb(out / "per_task.png")
     areas = re.findall(r'<area shape="circle" coords="(\d+),(\d+),\d+" title="([^"]*)"', page)
     assert len(areas) == len(per_task) == 18
     for x, y, tip in areas:
-        assert _near(img, float(x), float(y), _inked, r=5), tip
+        assert near(img, float(x), float(y), _inked, r=5), tip
     random = [(int(re.search(r"\(position (\d)\)", t).group(1)), int(x)) for x, _, t in areas if "random" in t]
     columns = pd.DataFrame(random, columns=["position", "px"]).groupby("position")["px"]
     assert len(random) == 6 and (columns.nunique() == 1).all() and columns.first().is_monotonic_increasing
@@ -199,7 +189,7 @@ def test_pareto_png_shows_every_trial_and_the_front(study, tmp_path):
     out = tmp_path / "pareto"
     assert main(["pareto", "reported", "--store", uri, "--out", str(out), "--no-log"]) == 0
     page = (out / "pareto_acc_avg_vs_bits_per_task.html").read_text()
-    img = _rgb(out / "pareto_acc_avg_vs_bits_per_task.png")
+    img = rgb(out / "pareto_acc_avg_vs_bits_per_task.png")
     width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', page).groups())
     assert img.shape == (height, width, 3) and width >= 800 and height >= 450
     assert (img.min(axis=2) < 250).mean() > 0.02  # not blank
@@ -212,15 +202,15 @@ def test_pareto_png_shows_every_trial_and_the_front(study, tmp_path):
     on_front = [a for a in areas if a[4] == "1"]
     assert len(on_front) == front["on_front"].sum() >= 2
     for x, y, tip, _, _ in on_front:  # the front's points are drawn in its colour where they are
-        assert _near(img, float(x), float(y), _crimson), (x, y, tip)
+        assert near(img, float(x), float(y), _crimson), (x, y, tip)
     for x, y, tip, kind, _ in areas:
-        assert _near(img, float(x), float(y), _inked), (x, y, kind)  # every trial is drawn
+        assert near(img, float(x), float(y), _inked), (x, y, kind)  # every trial is drawn
         assert "method=" in tip  # hovering shows the config and its values, on both splits
         assert "val/acc/avg=" in tip and "test/acc/avg=" in tip, tip
     # crimson only near the front: off it, no point is drawn in the front's colour
     for x, y, tip, kind, front_flag in areas:
         if kind == "config" and front_flag == "0":
-            assert not _near(img, float(x), float(y), _crimson, r=1), tip
+            assert not near(img, float(x), float(y), _crimson, r=1), tip
 
     # labelled axes and a legend: their boxes in the picture hold ink
     trials, by = prepare(load_study("reported", uri=uri))
@@ -240,7 +230,7 @@ def test_pareto_png_shows_every_trial_and_the_front(study, tmp_path):
     means = drawn.points[drawn.points["kind"] == "config"]  # drawn at the test means, in the front's order
     assert sorted(means["y"].round(9)) == sorted(front["test/acc/avg"].round(9))
     assert means["on_front"].sum() == front["on_front"].sum()
-    again = _rgb(drawn.path)
+    again = rgb(drawn.path)
     for name in ("xlabel", "ylabel", "legend"):
         x0, y0, x1, y1 = (int(v) for v in drawn.boxes[name])
         assert 0 <= x0 < x1 <= drawn.size[0] and 0 <= y0 < y1 <= drawn.size[1], name
@@ -263,7 +253,7 @@ def test_accuracy_matrix_matches_the_trial_and_is_drawn(study, tmp_path):
     with pytest.raises(ValueError, match="split must be one of"):
         acc_matrix(uri, row["run_id"], split="train")
     drawn = plot_acc_matrix(R, title="R", path=tmp_path / "R.png")
-    img = _rgb(drawn.path)
+    img = rgb(drawn.path)
     assert img.shape[:2] == drawn.size[::-1]
     cells = drawn.points
     assert len(cells) == 6  # the lower triangle of a 3-task matrix

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from pixels import near, rgb
 
 from impress.config import Config
 from impress.plots import plot_per_task
@@ -49,16 +49,6 @@ def study(tmp_path_factory):
     out = root / "report"
     report_files(load_study("per_task", uri=uri), out, log=False)
     return uri, out
-
-
-def _rgb(path: Path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB")).astype(int)  # (H, W, 3)
-
-
-def _near(img: np.ndarray, px: float, py: float, test, r: int = 3) -> bool:
-    y, x = int(round(py)), int(round(px))
-    patch = img[max(0, y - r) : y + r + 1, max(0, x - r) : x + r + 1].reshape(-1, 3)
-    return bool(any(test(p) for p in patch))
 
 
 def _inked(p) -> bool:
@@ -125,21 +115,21 @@ def test_only_permuted_runs_are_drawn_by_learned_position(study, tmp_path):
     assert (table.loc[table["dedicated"], "learned_position"] < M).all()
     drawn = plot_per_task(table, title="permuted", path=tmp_path / "permuted.png")
     np.testing.assert_array_equal(drawn.points["x"], table["learned_position"])  # one config, no angle: its position
-    img = _rgb(drawn.path)
+    img = rgb(drawn.path)
     for _, p in drawn.points.iterrows():
-        assert _near(img, p["px"], p["py"], _inked, r=5)
+        assert near(img, p["px"], p["py"], _inked, r=5)
     # beside tasks with a distance, tasks without one are drawn by learned position on an axis of their own
     rotated = per_task_accuracies(records, trials[trials["stream"] == "rotated"])
     both = pd.concat([rotated, table], ignore_index=True)
     drawn = plot_per_task(both, title="both", path=tmp_path / "both.png")
-    img = _rgb(drawn.path)
+    img = rgb(drawn.path)
     x0, y0, x1, y1 = (int(v) for v in drawn.boxes["xlabel_top"])
     assert y1 < drawn.boxes["xlabel"][1] and (img[y0:y1, x0:x1].min(axis=2) < 120).sum() > 30
     positions = drawn.points["px"][both["stream"] == "permuted"].groupby(both["learned_position"])
     assert (positions.nunique() == 1).all() and positions.first().is_monotonic_increasing
     assert positions.first().diff().dropna().round(3).nunique() == 1  # evenly spaced: positions 0 to T - 1
     for _, p in drawn.points.iterrows():
-        assert _near(img, p["px"], p["py"], _inked, r=5)
+        assert near(img, p["px"], p["py"], _inked, r=5)
 
 
 def test_report_writes_the_per_task_figure_and_its_data(study, tmp_path):
@@ -159,7 +149,7 @@ def test_report_writes_the_per_task_figure_and_its_data(study, tmp_path):
 
     # the PNG read back: its size is the page's, it is not blank, every task is drawn where it is
     page = (out / "per_task.html").read_text()
-    img = _rgb(out / "per_task.png")
+    img = rgb(out / "per_task.png")
     width, height = (int(v) for v in re.search(r'width="(\d+)" height="(\d+)"', page).groups())
     assert img.shape == (height, width, 3) and width >= 800 and height >= 450
     assert (img.min(axis=2) < 250).mean() > 0.02
@@ -171,9 +161,9 @@ def test_report_writes_the_per_task_figure_and_its_data(study, tmp_path):
     assert areas["dedicated"].sum() == data["dedicated"].sum() == 2 * (M + 1 + T)
     assert areas["tip"].str.contains("final test accuracy=").all()
     for _, p in areas.iterrows():
-        assert _near(img, p["px"], p["py"], _inked, r=5), p["tip"]  # every task is drawn
+        assert near(img, p["px"], p["py"], _inked, r=5), p["tip"]  # every task is drawn
         if p["dedicated"]:
-            assert _near(img, p["px"], p["py"], _inked, r=1), p["tip"]  # filled: ink at its centre
+            assert near(img, p["px"], p["py"], _inked, r=1), p["tip"]  # filled: ink at its centre
     # a hollow marker with no other point near it is an empty ring: background at its centre
     xy = areas[["px", "py"]].to_numpy()
     alone = [i for i in range(len(xy)) if np.sort(np.hypot(*(xy - xy[i]).T))[1] > 14]
@@ -190,10 +180,10 @@ def test_report_writes_the_per_task_figure_and_its_data(study, tmp_path):
     shifts = (drawn.points["x"] - table["distance_deg"]).groupby([table["variant"], table["config"]])
     assert (shifts.nunique() == 1).all() and shifts.first().nunique() == 3 and shifts.first().abs().max() <= 12
     np.testing.assert_allclose(drawn.points["y"], table["final_test_acc"])
-    again = _rgb(drawn.path)
+    again = rgb(drawn.path)
     assert again.shape[:2] == drawn.size[::-1]
     for _, p in drawn.points.iterrows():
-        assert _near(again, p["px"], p["py"], _inked, r=5), p["tip"]
+        assert near(again, p["px"], p["py"], _inked, r=5), p["tip"]
     for name in ("xlabel", "ylabel", "legend"):
         x0, y0, x1, y1 = (int(v) for v in drawn.boxes[name])
         assert 0 <= x0 < x1 <= drawn.size[0] and 0 <= y0 < y1 <= drawn.size[1], name
