@@ -15,7 +15,7 @@ from typing import Any
 
 from impress.yaml_files import read_yaml
 
-__all__ = ["Config", "ConfigError", "INFERENCE_RULES", "INFERENCE_FIELDS"]
+__all__ = ["Config", "ConfigError", "INFERENCE_RULES", "INFERENCE_FIELDS", "dedicated_tasks"]
 
 
 class ConfigError(ValueError):
@@ -55,6 +55,17 @@ INFERENCE_FIELDS = (
     "infer_fit_start",
     "infer_gain",
 )
+
+
+def dedicated_tasks(method: str, impressions: str, m: int, num_tasks: int | None = None) -> int:
+    """How many tasks keep a dedicated mask, the first d learned: SupSup all; ImpressLearn the first
+    m (heterogeneous: their masks are the impressions), 1 (homogeneous: every impression is a mask
+    learned on task 0) or 0 (random impressions); finetune none. Capped at `num_tasks` if given."""
+    if method == "supsup":
+        assert num_tasks is not None, "SupSup dedicates every task: give num_tasks"
+        return num_tasks
+    d = {"heterogeneous": m, "homogeneous": 1, "random": 0}[impressions] if method == "impresslearn" else 0
+    return d if num_tasks is None else min(d, num_tasks)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 
 from torch import nn
 
-from impress.config import Config
+from impress.config import Config, dedicated_tasks
 from impress.layers import masked_layers, task_norms
 
 __all__ = ["Overhead", "overhead", "SEED_BITS", "FLOAT_BITS"]
@@ -82,5 +82,5 @@ def overhead(cfg: Config, net: nn.Module, coeff_size: int = 0) -> Overhead:
         dense = sum(layer.weight.numel() for layer in masked_layers(net)) * FLOAT_BITS
         return Overhead("finetune", masked, masked, bn, 0, bn, SEED_BITS + dense, 0)
     bank = SEED_BITS if cfg.impressions == "random" else cfg.m * masked
-    dedicated = {"heterogeneous": cfg.m, "homogeneous": 1, "random": 0}[cfg.impressions]
+    dedicated = dedicated_tasks(cfg.method, cfg.impressions, cfg.m)
     return Overhead("impresslearn", masked, masked, bn, coeff_bits, coeff_bits + bn, SEED_BITS + bank, dedicated)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from impress.config import Config
+from impress.config import Config, dedicated_tasks
 from impress.metrics import is_metric, is_task_metric, split_of, twin
 from impress.pagemap import write_html
 from impress.pareto import seed_front
@@ -51,7 +51,6 @@ __all__ = [
     "mean_acc_matrix",
     "per_task_runs",
     "per_task_accuracies",
-    "dedicated_tasks",
     "circular_distance",
     "PER_TASK_COLUMNS",
     "DEFAULT_X",
@@ -259,18 +258,6 @@ def _field(row: pd.Series, name: str):
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return _DEFAULTS[name]
     return value
-
-
-def dedicated_tasks(method: str, impressions: str, m: int, num_tasks: int) -> int:
-    """How many tasks keep a dedicated mask: the first d learned. SupSup: all; ImpressLearn: the first
-    min(m, T) (heterogeneous: their masks are the impressions), 1 (homogeneous: every impression is
-    a mask learned on task 0) or 0 (random impressions); finetune: none. The impressions' angles are
-    those of these d tasks (and a random bank has none)."""
-    if method == "supsup":
-        return num_tasks
-    if method == "impresslearn":
-        return min({"heterogeneous": m, "homogeneous": 1, "random": 0}[impressions], num_tasks)
-    return 0
 
 
 def circular_distance(a, b) -> np.ndarray:

@@ -29,7 +29,7 @@ from torch import nn
 
 from impress.backbones import build_backbone
 from impress.checkpoint import CheckpointError, load_checkpoint, load_method_state, method_state, save_checkpoint
-from impress.config import INFERENCE_FIELDS, Config
+from impress.config import INFERENCE_FIELDS, Config, dedicated_tasks
 from impress.inference import evaluate_inference
 from impress.layers import Stored, masked_layers, task_view
 from impress.methods import METHODS
@@ -217,7 +217,7 @@ def run(
             R[:start, :start] = np.array(ckpt["acc_matrix" if split == "test" else f"{split}_acc_matrix"], dtype=float)
         seconds = list(ckpt["task_seconds"])
     bits = _overhead(cfg, method)
-    dedicated = T if cfg.method == "supsup" else (0 if cfg.method == "finetune" else bits.dedicated_tasks)
+    dedicated = dedicated_tasks(cfg.method, cfg.impressions, cfg.m, T)
 
     def row(t: int, inferred: dict[str, float]) -> dict[str, Any]:
         """What is reported after task t: bookkeeping, then the metrics of R's first t + 1 rows."""
