@@ -61,7 +61,7 @@ def _learn(cfg: Config, single_images: int) -> tuple[dict[str, float], float, fl
         method.learn(task, lambda event: None)
     print(f"  learned in {time.perf_counter() - began:.0f} s", file=sys.stderr, flush=True)
     gg = [evaluate(method, task, split="test") for task in stream]
-    dedicated = len(stream) if cfg.method == "supsup" else method.n_dedicated
+    dedicated = method.dedicated_tasks(cfg, len(stream))
     coeff = float(np.mean(gg[dedicated:])) if dedicated < len(stream) else float("nan")
     metrics = evaluate_inference(method, stream, cfg, single_images=single_images, split="test")
     if cfg.method == "impresslearn":  # full batches only

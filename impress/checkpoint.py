@@ -28,12 +28,13 @@ class CheckpointError(RuntimeError):
 
 
 def _regenerated_keys(method: nn.Module) -> set[str]:
-    """State-dict keys rebuilt from the config: frozen weights and per-task score scratch."""
+    """State-dict keys rebuilt from the config: the backbone's weights (unless the method learns them,
+    `stores_weights`) and per-task score scratch."""
     names = {id(p): n for n, p in method.named_parameters()}
     keys = set()
     for layer in masked_layers(method):
         keys.add(names[id(layer.scores)])
-        if not layer.weight.requires_grad:
+        if not getattr(method, "stores_weights", False):
             keys.add(names[id(layer.weight)])
     return keys
 

@@ -43,11 +43,16 @@ class CoeffLayout:
             return torch.softmax(raw.view(-1, self.m), dim=-1).flatten()
         return raw
 
+    def blocks(self, coeffs: torch.Tensor) -> list[torch.Tensor]:
+        """Per masked layer its block of coefficients (..., size) -> (..., rows, m): one row (global,
+        layer) or one per output unit (channel). Global's single block is every layer's."""
+        if self.granularity == "global":
+            return [coeffs.unsqueeze(-2)] * len(self.out_features)
+        parts = torch.split(coeffs, [r * self.m for r in self.rows], dim=-1)
+        return [p.unflatten(-1, (r, self.m)) for p, r in zip(parts, self.rows)]
+
     def sources(self, coeffs: torch.Tensor) -> list[Mixture]:
         """One `Mixture` per masked layer from effective coefficients (size,)."""
         if self.granularity == "global":
             return [Mixture(coeffs)] * len(self.out_features)
-        parts = torch.split(coeffs, [r * self.m for r in self.rows])
-        if self.granularity == "layer":
-            return [Mixture(p) for p in parts]
-        return [Mixture(p.view(r, self.m)) for p, r in zip(parts, self.rows)]
+        return [Mixture(b) for b in self.blocks(coeffs)]

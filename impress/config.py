@@ -15,7 +15,7 @@ from typing import Any
 
 from impress.yaml_files import read_yaml
 
-__all__ = ["Config", "ConfigError", "INFERENCE_RULES", "INFERENCE_FIELDS", "dedicated_tasks"]
+__all__ = ["Config", "ConfigError", "INFERENCE_RULES", "INFERENCE_FIELDS", "choices", "method_class"]
 
 
 class ConfigError(ValueError):
@@ -32,6 +32,28 @@ def _doc(doc: str) -> dict[str, Any]:
 
 def _choice(*options: str, doc: str) -> dict[str, Any]:
     return {"choices": options, "doc": doc}
+
+
+def _registered(doc: str) -> dict[str, Any]:
+    """Choices are the keys of the method registry, `impress.methods.METHODS` (read on first use:
+    the methods bring in torch, which a config that is only read or printed never needs)."""
+    return {"registry": True, "doc": doc}
+
+
+def choices(f: dataclasses.Field) -> tuple[str, ...] | None:
+    """A field's allowed values (None: not a choice field)."""
+    if f.metadata.get("registry"):
+        from impress.methods import METHODS
+
+        return tuple(METHODS)
+    return f.metadata.get("choices")
+
+
+def method_class(name: str) -> type:
+    """The registered `Method` class of a method name (imports torch)."""
+    from impress.methods import METHODS
+
+    return METHODS[name]
 
 
 def _range(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False, doc: str) -> dict[str, Any]:
@@ -55,17 +77,6 @@ INFERENCE_FIELDS = (
     "infer_fit_start",
     "infer_gain",
 )
-
-
-def dedicated_tasks(method: str, impressions: str, m: int, num_tasks: int | None = None) -> int:
-    """How many tasks keep a dedicated mask, the first d learned: SupSup all; ImpressLearn the first
-    m (heterogeneous: their masks are the impressions), 1 (homogeneous: every impression is a mask
-    learned on task 0) or 0 (random impressions); finetune none. Capped at `num_tasks` if given."""
-    if method == "supsup":
-        assert num_tasks is not None, "SupSup dedicates every task: give num_tasks"
-        return num_tasks
-    d = {"heterogeneous": m, "homogeneous": 1, "random": 0}[impressions] if method == "impresslearn" else 0
-    return d if num_tasks is None else min(d, num_tasks)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,12 +128,7 @@ class Config:
     # method
     method: str = field(
         default="impresslearn",
-        metadata=_choice(
-            "supsup",
-            "impresslearn",
-            "finetune",
-            doc="a mask per task, masks mixed by per-task coefficients, or dense weights",
-        ),
+        metadata=_registered("a mask per task, masks mixed by per-task coefficients, rank-one fast weights, dense"),
     )
     sparsity: float = field(
         default=0.5,
@@ -148,6 +154,12 @@ class Config:
         default="layer",
         metadata=_choice(
             "global", "layer", "channel", doc="coefficients per task: m, m per layer, or m per output channel"
+        ),
+    )
+    shared_weight: str = field(
+        default="first_task",
+        metadata=_choice(
+            "first_task", "random", doc="batche: the shared weight, trained on the first task or the random backbone"
         ),
     )
     alpha_param: str = field(
@@ -214,8 +226,9 @@ class Config:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if "choices" in f.metadata and value not in f.metadata["choices"]:
-                raise ConfigError(f"{f.name}: {value!r} is not one of {list(f.metadata['choices'])}")
+            allowed = choices(f)
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"{f.name}: {value!r} is not one of {list(allowed)}")
             if "range" in f.metadata:
                 lo, hi, lo_open, hi_open = f.metadata["range"]
                 inside = lo <= value <= hi and not (lo_open and value == lo) and not (hi_open and value == hi)
@@ -233,11 +246,8 @@ class Config:
             raise ConfigError(f"threads: must be at least 1 or null, got {self.threads}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
-        if self.method == "impresslearn" and self.impressions == "heterogeneous" and self.m > self.num_tasks:
-            raise ConfigError(
-                f"m: heterogeneous impressions are the first m tasks' masks, so m ({self.m}) "
-                f"must not exceed num_tasks ({self.num_tasks})"
-            )
+        if (why := method_class(self.method).config_error(self)) is not None:
+            raise ConfigError(why)
         if (
             self.stream == "split"
             and self.data_root is None
@@ -261,10 +271,10 @@ class Config:
                 f"infer_rules: {uses_g} use SupSup's G objective, which needs superfluous output neurons; "
                 f"set superfluous >= 1 (got {self.superfluous})"
             )
-        if self.scenario != "GG" and self.method == "finetune":
+        if self.scenario != "GG" and not method_class(self.method).infers:
             raise ConfigError(
                 f"scenario: {self.scenario} infers the task from stored per-task masks or coefficients; "
-                "method 'finetune' stores none (use GG)"
+                f"method {self.method!r} stores none to infer from (use GG)"
             )
 
     # ---- derived quantities -------------------------------------------------------------------

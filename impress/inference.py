@@ -56,15 +56,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from torch import nn
 from torch.func import grad, vmap
 
+from impress.basis import TaskBasis
 from impress.config import Config
-from impress.layers import MaskSource, Mixture, masked_layers, task_view
-from impress.methods import ImpressLearn, SupSup
+from impress.layers import MaskSource, Mixture, task_view
 from impress.streams import Stream
 
 __all__ = [
@@ -86,100 +85,14 @@ __all__ = [
 CHUNK = 32  # groups per vmap call: bounds the per-group mixed weights held at once (CHUNK x weights)
 
 
-# ---------------------------------------------------------------------------------------------
-# Stored tasks as coefficient rows
-
-
-@dataclass(eq=False)
-class TaskBasis:
-    """The stored tasks as rows of coefficients over one set of k masks.
-
-    coeffs   (T, size): task t computes with `sources(coeffs[t])`
-    sources  coefficients (size,) -> one mask source per masked layer
-    blocks   coefficients (..., size) -> per masked layer its block (..., rows, k): rows = 1, or one
-             per output unit (channel granularity)
-    unit_gain  combinations are compared at the logit scale of binary masks (`gain`)
-    """
-
-    coeffs: torch.Tensor
-    sources: Callable[[torch.Tensor], Sequence[MaskSource]]
-    blocks: Callable[[torch.Tensor], Sequence[torch.Tensor]]
-    net: nn.Module
-    unit_gain: bool = False
-
-    @property
-    def num_tasks(self) -> int:
-        return self.coeffs.shape[0]
-
-    def superpose(self, beta: torch.Tensor) -> Sequence[MaskSource]:
-        """The superposition sum_t beta[t] * task t, collapsed to one combination."""
-        return self.sources(beta @ self.coeffs)  # (T,) @ (T, size) -> (size,)
-
-    @cached_property
-    def _grams(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per layer counted by `gain`: the masks' Gram matrices (rows, k, k) and a binary mask's squared norm."""
-        layers = masked_layers(self.net)
-        shapes = [b.shape[-2:] for b in self.blocks(self.coeffs[:1])]
-        if any(isinstance(n, nn.modules.batchnorm._BatchNorm) for n in self.net.modules()):
-            layers, shapes = layers[-1:], shapes[-1:]  # behind a BatchNorm a layer's scale is lost
-        out = []
-        for layer, (rows, k) in zip(layers, shapes):
-            bank = layer.bank_float(k)[:k].reshape(k, rows, -1)  # (k, rows, n / rows)
-            gram = torch.einsum("ira,jra->rij", bank, bank)  # (rows, k, k)
-            out.append((gram, gram.diagonal(dim1=1, dim2=2).sum(dim=0).mean()))
-        return out
-
-    def gain(self, c: torch.Tensor) -> torch.Tensor:
-        """(...,) how much larger than with binary masks the logits under coefficients c (..., size) are.
-
-        A bias-free ReLU net is positively homogeneous: scaling every coefficient by s scales each
-        masked layer's output by s and the logits by s^L; no prediction changes, only the entropy.
-        Learned coefficient rows reach 2-3x a binary mask's norm per layer (measured), and such a
-        task looks confident on any data and wins every entropy search. Per layer the combined mask's
-        Frobenius norm is sqrt(a^T Gram a), against a bank mask's; the gain is the geometric mean of
-        the ratios over the layers (nets with BatchNorm: the head only), so c / gain(c) sits at the
-        scale of a binary mask (a dedicated task: gain 1 exactly, for masks of one density)."""
-        blocks = self.blocks(c)
-        blocks = blocks[-len(self._grams) :]
-        logs = [
-            0.5 * (torch.einsum("...ri,rij,...rj->...", a, gram, a).clamp_min(1e-12) / ones).log()
-            for a, (gram, ones) in zip(blocks, self._grams)
-        ]
-        return torch.stack(logs).mean(dim=0).exp()
-
-    def unit(self, c: torch.Tensor) -> torch.Tensor:
-        """Coefficients (..., size) rescaled to gain 1 (unchanged without `unit_gain`)."""
-        return c / self.gain(c).unsqueeze(-1) if self.unit_gain else c
-
-
 def task_basis(method: nn.Module, *, gain: str = "unit") -> TaskBasis:
-    """The method's stored tasks as a `TaskBasis` (SupSup: over its T masks; ImpressLearn: over its m).
+    """The method's stored tasks as a `TaskBasis` (`Method.task_basis`: SupSup's over its T masks,
+    ImpressLearn's over its m impressions).
 
     gain="unit": ImpressLearn's rows are rescaled to gain 1 (`TaskBasis.gain`) and `fit` searches at
     gain 1; SupSup's rows are not rescaled (its masks share one density, and its rule stays SupSup's).
     gain="raw": the rows as stored, and `fit` free to scale."""
-    unit = gain == "unit"
-    if isinstance(method, SupSup):
-        n_layers, T = len(method.layers), method.tasks_learned
-        eye = torch.eye(T, device=method.layers[0].bank.device)
-        blocks = lambda c: [c.unsqueeze(-2)] * n_layers  # noqa: E731
-        return TaskBasis(eye, lambda c: [Mixture(c)] * n_layers, blocks, method.net, unit)
-    if isinstance(method, ImpressLearn):
-        layout, m = method.layout, method.cfg.m
-        dedicated = min(method.n_dedicated, method.tasks_learned)
-        # dedicated task t computes with bank mask t: e_t in every coefficient row of the layout
-        one_hot = torch.eye(m, device=method.coeffs.device)[:dedicated].repeat(1, sum(layout.rows))
-        n_layers, rows = len(method.layers), layout.rows
-
-        def blocks(c: torch.Tensor) -> list[torch.Tensor]:
-            if layout.granularity == "global":
-                return [c.unsqueeze(-2)] * n_layers
-            return [b.unflatten(-1, (r, m)) for b, r in zip(torch.split(c, [r * m for r in rows], dim=-1), rows)]
-
-        basis = TaskBasis(torch.cat([one_hot, method.coeffs]), layout.sources, blocks, method.net, unit)
-        basis.coeffs = basis.unit(basis.coeffs)
-        return basis
-    raise TypeError(f"{type(method).__name__} stores no per-task masks or coefficients to infer a task from")
+    return method.task_basis(unit_gain=gain == "unit")
 
 
 @contextmanager

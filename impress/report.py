@@ -8,7 +8,7 @@
     acc_vs_m_<metric>.png / .html   (report) accuracy versus m per source of impressions
     acc_matrix.*, task_curves.*     (report) test accuracy matrix and per-task curves (PNG, HTML): the
                                     mean over the seeds of the best config, or one run (`--run`)
-    table_*.csv / .md               (report) SupSup versus ImpressLearn, by m, task-inference rules
+    table_*.csv / .md               (report) methods side by side, by m, task-inference rules
     per_task.png / .html / .csv     (report) every task's final test accuracy in each complete run of
                                     the best config (mean val/acc/avg) of each variant, dedicated tasks
                                     filled, versus its angular distance to the nearest impression on
@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from impress.config import Config, dedicated_tasks
+from impress.config import Config, method_class
+from impress.methods import foreign_fields
 from impress.metrics import is_metric, is_task_metric, split_of, twin
 from impress.pagemap import write_html
 from impress.pareto import seed_front
@@ -61,7 +62,6 @@ __all__ = [
 # its validation twin and shown on its test twin (`chosen_and_shown`)
 DEFAULT_X, DEFAULT_Y = "bits/per_task", "acc/avg"
 UNSPLIT = ("bits/", "time/")  # metric groups that measure no data, so have no val/test twins
-IMPRESSLEARN_ONLY = ("m", "impressions", "granularity", "alpha_param", "alpha_lr", "alpha_epochs")
 
 
 class ReportError(ValueError):
@@ -107,10 +107,11 @@ def prepare(records: StudyRecords) -> tuple[pd.DataFrame, list[str]]:
             f"finish it first (impress study resume {records.name})"
         )
     trials = trials.copy()
-    if "method" in trials:  # NOTE: the config holds ImpressLearn's fields for every method; they mean nothing
-        for field in IMPRESSLEARN_ONLY:  # for SupSup and finetune, so they do not label those configs
-            if field in trials:
-                trials[field] = trials[field].astype(object).where(trials["method"] == "impresslearn", None)
+    if "method" in trials:  # NOTE: the config holds every method's fields for every method; a field
+        for method in trials["method"].dropna().unique():  # the row's method ignores labels nothing
+            rows = trials["method"] == method
+            for field in (f for f in foreign_fields(method) if f in trials):
+                trials[field] = trials[field].astype(object).where(~rows, None)
     by = varied_columns(trials, CONFIG_COLUMNS)
     trials = trials.assign(
         variant=[variant(r) for _, r in trials.iterrows()], config=[config_label(r, by) for _, r in trials.iterrows()]
@@ -260,6 +261,19 @@ def _field(row: pd.Series, name: str):
     return value
 
 
+def _dedicated(row: pd.Series, T: int) -> int:
+    """How many of the run's first tasks keep full state of their own, as its method counts them."""
+    method = method_class(_field(row, "method"))
+
+    def plain(v):  # a table cell as the config takes it: 10.0 -> 10, numpy scalars -> Python
+        v = v.item() if isinstance(v, np.generic) else v
+        return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    known = {f: plain(_field(row, f)) for f in method.uses}
+    cfg = Config.from_dict({"method": _field(row, "method"), "num_tasks": T, **known})
+    return method.dedicated_tasks(cfg, T)
+
+
 def circular_distance(a, b) -> np.ndarray:
     """Angular distance in degrees around the circle, in [0, 180]."""
     d = np.abs(np.subtract(a, b, dtype=float)) % 360.0
@@ -323,7 +337,7 @@ def per_task_accuracies(records: StudyRecords, trials: pd.DataFrame) -> pd.DataF
         stream, task_order, seed = _field(r, "stream"), _field(r, "task_order"), int(_field(r, "seed"))
         order = learning_order(T, task_order, seed)  # learned position i -> stream position k
         angles = np.array(order, dtype=float) * 360.0 / T if stream == "rotated" else np.full(T, np.nan)
-        d = dedicated_tasks(_field(r, "method"), _field(r, "impressions"), int(_field(r, "m")), T)
+        d = _dedicated(r, T)
         for i in range(T):
             distance = circular_distance(angles[i], angles[:d]).min() if stream == "rotated" and d else np.nan
             rows.append(
@@ -423,7 +437,7 @@ def report_files(records: StudyRecords, out: Path, *, run: str | None = None, lo
             files += made
             sections += ["", f"![front]({made[0].name}) ([interactive]({made[1].name}))", "", made[3].read_text()]
     if "m" in by and "impressions" in trials:
-        il = trials[trials["method"] == "impresslearn"] if "method" in trials else trials
+        il = trials[trials["m"].notna()]  # the methods that read m
         lines = [c for c in varied_columns(il, CONFIG_COLUMNS) if c in ("impressions", "granularity", "stream")]
         for metric in ("test/acc/avg", "test/acc/avg_coeff_tasks"):
             if metric in il and il.loc[il["complete"], metric].notna().any():

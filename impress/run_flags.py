@@ -14,7 +14,7 @@ import textwrap
 import typing
 from typing import Any
 
-from impress.config import Config, ConfigError
+from impress.config import Config, ConfigError, choices
 
 __all__ = ["parse_overrides", "flags_help"]
 
@@ -50,8 +50,8 @@ def _value_syntax(f: dataclasses.Field, hint: Any) -> str:
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next(a for a in args if a is not type(None)) if optional else hint
-    if "choices" in f.metadata:
-        text = "{" + ",".join(f.metadata["choices"]) + "}"
+    if (allowed := choices(f)) is not None:
+        text = "{" + ",".join(allowed) + "}"
     elif typing.get_origin(base) is tuple:
         item = _TYPE_NAMES[typing.get_args(base)[0]]
         text = f"{item},{item},..."

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from impress.config import INFERENCE_RULES, Config, ConfigError
+from impress.config import INFERENCE_RULES, Config, ConfigError, method_class
 from impress.folders import FolderNameError, folder_name
 from impress.metrics import split_of as metric_split
 from impress.metrics import twin
@@ -411,10 +411,12 @@ def _not_produced(metric: str, cfg: Config) -> str | None:
     """Why a trial with `cfg` never reports `metric` (None: it does)."""
     metric = metric.split("/", 1)[1] if metric_split(metric) else metric
     if metric == "acc/avg_coeff_tasks":
-        if cfg.method == "supsup":
-            return "SupSup learns every task as a mask of its own, none by coefficients"
-        if cfg.method == "impresslearn" and cfg.impressions == "heterogeneous" and cfg.m >= cfg.num_tasks:
-            return f"with heterogeneous m={cfg.m} and {cfg.num_tasks} tasks, every task keeps its own mask"
+        method = method_class(cfg.method)
+        if method.dedicated_tasks(cfg, cfg.num_tasks) >= cfg.num_tasks:
+            return (
+                f"{method.label} keeps full state of its own for every one of the {cfg.num_tasks} tasks "
+                f"(with this config), so none is learned by coefficients alone"
+            )
     if not metric.startswith((*_INFERRED, "time/infer_batch_ms")):
         return None
     if cfg.scenario == "GG":

@@ -5,7 +5,7 @@ formatted cells (the Markdown). Only complete trials enter; the seeds of a confi
 Values are on test (`test/...`); where a table chooses (each config's best inference rule), it
 chooses on validation and shows the validation value it chose on beside the test values.
 
-    methods_table     SupSup versus ImpressLearn (and finetune): accuracy, bits per task, total bits
+    methods_table     every method side by side: accuracy, bits per task, total bits
     by_m_table        accuracy by m for heterogeneous / homogeneous / random impressions
     inference_table   task-identity inference rules: identification and GNs / GNu accuracy
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from impress.methods import METHODS
 from impress.pareto import over_seeds
 
 __all__ = [
@@ -37,7 +38,6 @@ __all__ = [
 METHOD_METRICS = ("test/acc/avg", "test/acc/avg_coeff_tasks", "bits/per_task", "bits/total")
 INFERENCE_METRICS = ("task_infer/acc", "acc/gns", "acc/gnu")  # per rule, `<split>/<metric>/<rule>`
 RULE_CHOSEN_ON = "val/task_infer/acc"  # a config's best rule: the one that identifies most tasks on validation
-NAMES = {"supsup": "SupSup", "impresslearn": "ImpressLearn", "finetune": "Finetune"}
 
 
 class Table:
@@ -103,10 +103,9 @@ def varied_columns(trials: pd.DataFrame, candidates: Sequence[str]) -> list[str]
 
 
 def variant(row: pd.Series) -> str:
-    """Method and, for ImpressLearn, where its impressions come from: `ImpressLearn heterogeneous`."""
+    """The method's own name for the row's variant (`ImpressLearn heterogeneous`, `BatchE random`)."""
     method = row.get("method")
-    name = NAMES.get(method, str(method))
-    return f"{name} {row['impressions']}" if method == "impresslearn" and "impressions" in row else name
+    return METHODS[method].variant(row) if method in METHODS else str(method)
 
 
 def config_parts(row: pd.Series, by: Sequence[str]) -> list[str]:
@@ -133,25 +132,28 @@ def summarise(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str]
 
 
 def methods_table(trials: pd.DataFrame, *, by: Sequence[str]) -> Table:
-    """SupSup versus ImpressLearn: test accuracy, bits per task, total bits after the stream, per config."""
+    """Every method side by side: test accuracy, bits per task, total bits after the stream, per config."""
     keys = ["method", *[c for c in by if c != "method"]] if "method" in trials else list(by)
     long = summarise(trials, METHOD_METRICS, by=keys)
     if "method" in long:
-        order = {m: i for i, m in enumerate(NAMES)}  # SupSup, ImpressLearn, Finetune
+        order = {m: i for i, m in enumerate(METHODS)}  # the registry's order
         long = long.sort_values("method", key=lambda s: s.map(order), kind="stable")
-        long["method"] = long["method"].map(lambda m: NAMES.get(m, m))
-    return Table("SupSup versus ImpressLearn: test accuracy and stored bits", long, keys or ["config"], "metric")
+        long["method"] = long["method"].map(lambda m: METHODS[m].label if m in METHODS else m)
+    return Table("Methods: test accuracy and stored bits", long, keys or ["config"], "metric")
 
 
 def by_m_table(trials: pd.DataFrame, *, by: Sequence[str], metric: str = "test/acc/avg") -> Table | None:
-    """ImpressLearn's `metric` by m (rows) and source of impressions (columns); None without m."""
-    il = trials[trials["method"] == "impresslearn"] if "method" in trials else trials
-    if not len(il) or "m" not in il or "impressions" not in il:
+    """`metric` by m (rows) and source of impressions (columns) over the rows that have both (the
+    methods that read them: ImpressLearn); None without such rows."""
+    if "m" not in trials or "impressions" not in trials:
+        return None
+    il = trials[trials["m"].notna() & trials["impressions"].notna()]
+    if not len(il):
         return None
     others = [c for c in by if c not in ("m", "impressions", "method")]
     long = summarise(il, [metric], by=[*others, "m", "impressions"])
     long = long.sort_values([*others, "m"], kind="stable")
-    return Table(f"ImpressLearn {metric} by m and source of impressions", long, [*others, "m"], "impressions")
+    return Table(f"{metric} by m and source of impressions", long, [*others, "m"], "impressions")
 
 
 def inference_table(trials: pd.DataFrame, *, by: Sequence[str]) -> Table | None:

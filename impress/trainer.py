@@ -29,12 +29,11 @@ from torch import nn
 
 from impress.backbones import build_backbone
 from impress.checkpoint import CheckpointError, load_checkpoint, load_method_state, method_state, save_checkpoint
-from impress.config import INFERENCE_FIELDS, Config, dedicated_tasks
+from impress.config import INFERENCE_FIELDS, Config
 from impress.inference import evaluate_inference
 from impress.layers import Stored, masked_layers, task_view
-from impress.methods import METHODS
+from impress.methods import METHODS, Method
 from impress.metrics import summary
-from impress.overhead import Overhead, overhead
 from impress.provenance import provenance
 from impress.streams import Stream, Task, build_stream
 
@@ -88,7 +87,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build(cfg: Config, device: torch.device) -> tuple[Stream, nn.Module]:
+def build(cfg: Config, device: torch.device) -> tuple[Stream, Method]:
     """The stream and the method (with its backbone) a config describes."""
     stream = build_stream(
         cfg.stream,
@@ -146,11 +145,6 @@ def stored_mask_transfer(method: nn.Module, stream: Stream, *, split: str = "tes
         for j in range(len(stream)):
             A[i, j] = evaluate(method, stream[j], split=split, view=task_view(method.net, Stored(i), bn_task=i))
     return A
-
-
-def _overhead(cfg: Config, method: nn.Module) -> Overhead:
-    layout = getattr(method, "layout", None)
-    return overhead(cfg, method.net, layout.size if layout is not None else 0)
 
 
 def _inferred(cfg: Config, method: nn.Module, stream: Stream) -> dict[str, float]:
@@ -216,8 +210,8 @@ def run(
         for split, R in Rs.items():
             R[:start, :start] = np.array(ckpt["acc_matrix" if split == "test" else f"{split}_acc_matrix"], dtype=float)
         seconds = list(ckpt["task_seconds"])
-    bits = _overhead(cfg, method)
-    dedicated = dedicated_tasks(cfg.method, cfg.impressions, cfg.m, T)
+    bits = method.bits()
+    dedicated = method.dedicated_tasks(cfg, T)
 
     def row(t: int, inferred: dict[str, float]) -> dict[str, Any]:
         """What is reported after task t: bookkeeping, then the metrics of R's first t + 1 rows."""

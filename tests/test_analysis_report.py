@@ -142,7 +142,7 @@ def test_report_writes_the_files_and_logs_them(study, tmp_path):
     assert methods.count("(n=2)") >= 4 * 3 and "| SupSup |" in methods
     assert "| test/acc/avg |" in methods and "val/" not in methods
     by_m = (out / "table_by_m_acc_avg.md").read_text()
-    assert "ImpressLearn test/acc/avg by m" in by_m
+    assert "test/acc/avg by m and source of impressions" in by_m
     assert re.search(r"\| 2 \| [0-9.]+ ± [0-9.]+ \(n=2\) \| [0-9.]+ ± [0-9.]+ \(n=2\) \|", by_m)
     report = (out / "report.md").read_text()
     assert "Choose on validation, report on test" in report and "front chosen on validation (val/acc/avg)" in report

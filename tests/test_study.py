@@ -127,8 +127,8 @@ def test_inference_objectives_are_accepted_where_every_trial_reports_them():
 @pytest.mark.parametrize(
     ("case", "reason"),
     [
-        ({"method": "supsup"}, "SupSup learns every task as a mask of its own"),
-        ({"m": 4}, "with heterogeneous m=4 and 4 tasks, every task keeps its own mask"),
+        ({"method": "supsup"}, "SupSup keeps full state of its own for every one of the 4 tasks"),
+        ({"m": 4}, "ImpressLearn keeps full state of its own for every one of the 4 tasks"),
     ],
 )
 def test_coefficient_task_accuracy_is_an_objective_only_where_some_task_is_learned_by_coefficients(case, reason):
