@@ -11,8 +11,8 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
-    # NOTE: the trainer (and torch, ~2 s) loads on first use, so commands that never train (`impress
-    # --help`, `status`, `pareto`) start without it; `from impress import run` works as before
+    # NOTE: the trainer (and torch, ~2 s) loads on first use, so commands that build no config (`impress
+    # --help`, `status`, `stop`) start without it; `from impress import run` works as before
     if name in ("Result", "run"):
         from impress import trainer
 

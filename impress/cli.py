@@ -102,7 +102,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    # NOTE: torch (~2 s) is imported once the config is known to be valid, and only by this command
+    # NOTE: the trainer is imported only by this command (validating a config loads the method registry,
+    # and torch with it: ~2 s)
     from impress.checkpoint import CheckpointError
     from impress.trainer import run
 

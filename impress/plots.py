@@ -216,9 +216,11 @@ def plot_front(
     y_mode: str,
     title: str,
     path: str | Path,
+    by: Sequence[str] = (),
     group: str | None = None,
 ) -> Drawn:
-    """A study's own trials, each its own config (`state` column: stopped or failed ones hollow).
+    """A study's own trials (`state` column: stopped or failed ones hollow) and its configs (the
+    `by` columns; none: each trial its own config) as means over seeds, with the front of the means.
     The front is chosen on x and y (a study's objectives: validation); where `trials` has their
     test twins, the points are drawn at those."""
     table = trials.assign(complete=trials["state"] == "complete")
@@ -226,8 +228,9 @@ def plot_front(
     if group and group in trials:
         table, colour = table.assign(colour=[f"{group}={_text(v)}" for v in trials[group]]), "colour"
     draw = "test" if all(twin(m, "test") in trials for m in (x, y)) else None
+    by = [c for c in by if c in trials] or ["trial_id"]
     return plot_pareto(
-        table, x=x, y=y, x_mode=x_mode, y_mode=y_mode, by=["trial_id"], title=title, path=path, colour=colour, draw=draw
+        table, x=x, y=y, x_mode=x_mode, y_mode=y_mode, by=by, title=title, path=path, colour=colour, draw=draw
     )
 
 

@@ -3,8 +3,10 @@
 `impress.tracking` writes a study as an experiment with one parent run (tag `impress.kind` =
 "study") and a child run per trial (`impress.kind` = "trial"). This module reads them back:
 
-    trials(study)          one row per trial: run ids, state, seed, the config as typed columns,
-                           the final value (last task) of every metric, and `complete`
+    trials(study)          one row per trial: run ids, state, seed, the config as typed columns
+                           (a field the trial's method ignores blank), the final value (last task)
+                           of every metric, and `complete` (`impress.trials.trials_table`, as the
+                           study's own trials.csv)
     acc_matrix(run_id)     R[t, j], accuracy on task j after learning task t, from the metric
                            histories `test/acc/task_NNN` (or `val/...`; stopped trials have one too)
     log_files(...)         figures and tables as artifacts of the study's parent run
@@ -24,6 +26,7 @@ import pandas as pd
 from impress.config import Config, ConfigError
 from impress.metrics import SPLIT_PREFIXES
 from impress.tracking import KIND_TAG, TRIAL_TAG, TrackingError, _client, check_reachable, default_tracking_uri
+from impress.trials import trials_table
 
 __all__ = ["StudyRecords", "existing_store", "load_study", "known_studies", "acc_matrix", "log_files", "CONFIG_COLUMNS"]
 
@@ -92,7 +95,7 @@ def load_study(name: str, *, uri: str | None = None) -> StudyRecords:
     runs = client.search_runs([experiment.experiment_id], max_results=50_000)
     parents = [r for r in runs if r.data.tags.get(KIND_TAG) == "study"]
     rows = [_row(r) for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
-    trials = pd.DataFrame(rows)
+    trials = trials_table(rows)
     if len(trials):
         trials = trials.sort_values(["run_name", "seed"], kind="stable").reset_index(drop=True)
     return StudyRecords(name, uri, parents[0].info.run_id if parents else None, trials)

@@ -34,12 +34,12 @@ import numpy as np
 import pandas as pd
 
 from impress.config import Config, method_class
-from impress.methods import foreign_fields
 from impress.metrics import is_metric, is_task_metric, split_of, twin
 from impress.pagemap import write_html
 from impress.pareto import seed_front
 from impress.plots import plot_acc_matrix, plot_acc_vs_m, plot_pareto, plot_per_task, plot_task_curves
 from impress.records import CONFIG_COLUMNS, StudyRecords, acc_matrix, log_files
+from impress.streams import learning_order
 from impress.tables import by_m_table, config_label, fmt, inference_table, methods_table, variant, varied_columns
 
 __all__ = [
@@ -106,12 +106,7 @@ def prepare(records: StudyRecords) -> tuple[pd.DataFrame, list[str]]:
             f"study {records.name!r} in {records.uri} has no complete trial ({states}); "
             f"finish it first (impress study resume {records.name})"
         )
-    trials = trials.copy()
-    if "method" in trials:  # NOTE: the config holds every method's fields for every method; a field
-        for method in trials["method"].dropna().unique():  # the row's method ignores labels nothing
-            rows = trials["method"] == method
-            for field in (f for f in foreign_fields(method) if f in trials):
-                trials[field] = trials[field].astype(object).where(~rows, None)
+    trials = trials.copy()  # NOTE: a field the row's method ignores is blank (`impress.trials`): it labels nothing
     by = varied_columns(trials, CONFIG_COLUMNS)
     trials = trials.assign(
         variant=[variant(r) for _, r in trials.iterrows()], config=[config_label(r, by) for _, r in trials.iterrows()]
@@ -326,9 +321,6 @@ def per_task_accuracies(records: StudyRecords, trials: pd.DataFrame) -> pd.DataF
     a rotated stream (0 for a dedicated task; NaN off a rotated stream, and for tasks of a bank
     without angles: random impressions, finetune), its final test accuracy and whether it is
     dedicated. `trials` as `prepare` returns them."""
-    # NOTE: imported here: `impress.streams` brings in torch, which the rest of a report never needs
-    from impress.streams import learning_order
-
     runs, _ = per_task_runs(trials)
     rows = []
     for _, r in runs.iterrows():

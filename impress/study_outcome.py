@@ -2,8 +2,9 @@
 
 trials.csv      one row per trial: its values, state (complete / stopped / failed), and every metric
                 of its last report, validation and test (each objective and its twin first)
-front.csv       the complete trials non-dominated in the objectives, as trials.csv has them;
-                pareto.png draws them with every trial
+front.csv       the configs whose means over seeds (complete trials) are non-dominated in the
+                objectives: each metric's mean, `_std` and `_n`, the seeds and trial ids averaged;
+                pareto.png draws every trial and the configs' means with their front
 optuna.db       (searches) the searcher's Optuna study, exported to SQLite
 
 Choose on validation, report on test: the front is taken over the objectives (validation metrics,
@@ -21,10 +22,10 @@ from typing import Any
 import pandas as pd
 
 from impress.metrics import is_metric, is_task_metric, split_of, twin
-from impress.pareto import pareto_mask
 from impress.study import Study
+from impress.trials import config_front, trials_table
 
-__all__ = ["StudyOutcome", "finish", "front_summary", "reason", "text", "trials_table", "shown", "other_split"]
+__all__ = ["StudyOutcome", "finish", "front_summary", "reason", "text", "tune_trials", "shown", "other_split"]
 
 TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
 
@@ -32,8 +33,15 @@ TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
 class StudyOutcome:
     """What a finished (or interrupted) study produced."""
 
-    def __init__(self, root: Path, trials: pd.DataFrame, front: pd.DataFrame, complete: bool) -> None:
-        self.root, self.trials, self.front, self.complete = root, trials, front, complete
+    def __init__(
+        self, root: Path, trials: pd.DataFrame, configs: pd.DataFrame, keys: list[str], complete: bool
+    ) -> None:
+        self.root, self.trials, self.configs, self.keys, self.complete = root, trials, configs, keys, complete
+
+    @property
+    def front(self) -> pd.DataFrame:
+        """The configs on the front (means over seeds)."""
+        return self.configs[self.configs["on_front"].astype(bool)] if len(self.configs) else self.configs
 
 
 def other_split(metric: str) -> str | None:
@@ -53,18 +61,15 @@ def shown(study: Study) -> list[str]:
     return out
 
 
-def _ordered(table: pd.DataFrame, study: Study) -> pd.DataFrame:
-    """The table's columns in reading order: the trial and its values, the objectives each beside its
-    twin, then every other metric as reported."""
-    first = [m for m in shown(study) if m in table]
-    head = [c for c in table.columns if not is_metric(c) and c != "error"]
-    rest = [c for c in table.columns if c not in head and c not in first]
-    return table[head + first + rest]
+def config_keys(study: Study) -> list[str]:
+    """The values that tell a study's configs apart: its searched, grid and case keys, not the seed."""
+    keys = [p.name for p in study.search] + list(study.grid) + [k for c in study.cases for k in c]
+    return [k for k in dict.fromkeys(keys) if k != "seed"]
 
 
-def trials_table(study: Study, result_grid) -> pd.DataFrame:
-    """One row per trial: its values, state and final metrics (both splits), each objective beside
-    its twin."""
+def tune_trials(study: Study, result_grid) -> pd.DataFrame:
+    """One row per trial of Tune's results: its values, state and final metrics (both splits), each
+    objective beside its twin."""
     rows = []
     for r in result_grid:
         config = dict(r.config or {})
@@ -83,23 +88,28 @@ def trials_table(study: Study, result_grid) -> pd.DataFrame:
         if r.error is not None:
             row["error"] = reason(r.error)
         rows.append(row)
-    return _ordered(pd.DataFrame(rows), study)
+    return trials_table(rows, first=shown(study))
 
 
 def finish(study: Study, root: Path, result_grid) -> StudyOutcome:
-    trials = trials_table(study, result_grid).sort_values("trial_id").reset_index(drop=True)
+    trials = tune_trials(study, result_grid).sort_values("trial_id").reset_index(drop=True)
     trials.to_csv(root / "trials.csv", index=False)
-    objectives = [o for o in study.objectives if o.metric in trials]
+    objectives = {o.metric: o.mode for o in study.objectives if o.metric in trials}
+    keys = [k for k in config_keys(study) if k in trials]
+    if objectives and len(trials):
+        show = [m for m in shown(study) if m in trials and m not in objectives]
+        configs = config_front(trials, objectives, by=keys, show=show)
+        order = [*keys, *(m for m in shown(study) if m in configs)]
+        configs = configs[order + [c for c in configs.columns if c not in order]]
+    else:
+        configs = pd.DataFrame(columns=[*keys, "on_front"])
+    outcome = StudyOutcome(root, trials, configs, keys, complete=False)
+    outcome.front.to_csv(root / "front.csv", index=False)
     complete = trials[trials["state"] == "complete"] if len(trials) else trials
-    front = complete.iloc[0:0]
-    if len(complete) and objectives:
-        on = pareto_mask(complete[[o.metric for o in objectives]].to_numpy(dtype=float), [o.mode for o in objectives])
-        front = complete[on].sort_values(objectives[-1].metric)
-    front.to_csv(root / "front.csv", index=False)
     if len(objectives) == 2 and len(trials):
         from impress.plots import plot_front
 
-        x, y = sorted(objectives, key=lambda o: not o.metric.startswith("bits"))  # bits on the x axis
+        x, y = sorted(study.objectives, key=lambda o: not o.metric.startswith("bits"))  # bits on the x axis
         try:
             plot_front(
                 trials,
@@ -107,8 +117,9 @@ def finish(study: Study, root: Path, result_grid) -> StudyOutcome:
                 y=y.metric,
                 x_mode=x.mode,
                 y_mode=y.mode,
+                by=keys,
                 path=root / "pareto.png",
-                title=f"{study.name}: {len(complete)} complete of {len(trials)} trials",
+                title=f"{study.name}: {len(complete)} complete of {len(trials)} trials, front over seed means",
                 group="granularity" if "granularity" in trials else None,
             )
         except Exception as err:  # noqa: BLE001 - a figure is a convenience: the study's records come first
@@ -117,7 +128,8 @@ def finish(study: Study, root: Path, result_grid) -> StudyOutcome:
         _export_optuna(result_grid, study, root)
     finished = len(trials) and not any(r.metrics is None for r in result_grid)
     expected = study.trials if study.kind == "search" else len(study.grid_points())
-    return StudyOutcome(root, trials, front, complete=bool(finished) and len(trials) >= expected)
+    outcome.complete = bool(finished) and len(trials) >= expected
+    return outcome
 
 
 def _export_optuna(result_grid, study: Study, root: Path) -> None:
@@ -144,40 +156,45 @@ def _export_optuna(result_grid, study: Study, root: Path) -> None:
 
 
 def front_summary(outcome: StudyOutcome, study: Study) -> str:
-    """The front as a table, each objective beside its twin on the other split (chosen on
-    validation, shown on test too), plus mean and spread over seeds for grid studies."""
-    cols = [
-        c
-        for c in outcome.front.columns
-        if c in {p.name for p in study.search} | set(study.grid) | {k for c in study.cases for k in c} | {"seed"}
-    ]
-    metrics = [m for m in shown(study) if m in outcome.trials]
+    """The front over configs (means over seeds, ± sample std and n where a config ran more than
+    once), each objective beside its twin on the other split (chosen on validation, shown on test
+    too); then every config, for grid studies with several seeds."""
+    keys = outcome.keys
+    metrics = [m for m in shown(study) if m in outcome.configs]
     twins = [m for m in metrics if m not in {o.metric for o in study.objectives}]
     lines = [
         f"{len(outcome.trials)} trials: "
         + ", ".join(f"{n} {s}" for s, n in outcome.trials["state"].value_counts().items())
     ]
     lines.append(
-        f"Pareto front ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)})"
+        f"Pareto front over seed means ({', '.join(f'{o.metric} {o.mode}' for o in study.objectives)})"
         + (f", with {', '.join(twins)} beside:" if twins else ":")
     )
-    if len(outcome.front):
-        lines.append(outcome.front[cols + metrics].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    else:
-        lines.append("  (no complete trials)")
+    lines.append(_configs_text(outcome.front, keys, metrics) if len(outcome.front) else "  (no complete trials)")
     failed = outcome.trials[outcome.trials["state"] == "failed"] if len(outcome.trials) else outcome.trials
     if len(failed):
         lines += ["", "failed trials (their reasons are in trials.csv and in their MLflow runs' `error` tag):"]
         for _, t in failed.iterrows():
-            values = ", ".join(f"{c}={text(t[c])}" for c in cols if c in t)
+            values = ", ".join(f"{c}={text(t[c])}" for c in [*keys, "seed"] if c in t and text(t[c]))
             lines.append(f"  {t['trial_id']} ({values}): {t.get('error', 'unknown error')}")
-    if study.kind == "grid" and len(study.seeds) > 1 and len(outcome.trials):
-        complete = outcome.trials[outcome.trials["state"] == "complete"]
-        keys = [c for c in cols if c != "seed"]
-        if keys and len(complete):
-            agg = complete.groupby(keys, dropna=False)[metrics].agg(["mean", "std", "count"])
-            lines += ["", "mean, std and n over seeds:", agg.to_string(float_format=lambda v: f"{v:.4g}")]
+    if study.kind == "grid" and len(study.seeds) > 1 and len(outcome.configs) > len(outcome.front):
+        lines += ["", "every config, mean ± std (n) over seeds:", _configs_text(outcome.configs, keys, metrics)]
     return "\n".join(lines)
+
+
+def _configs_text(configs: pd.DataFrame, keys: list[str], metrics: list[str]) -> str:
+    def cell(r: pd.Series, m: str) -> str:
+        n, std = r.get(f"{m}_n", 1), r.get(f"{m}_std")
+        spread = f" ± {text(float(std))}" if n > 1 and std == std and std != 0 else ""  # NaN, 0: none
+        return f"{text(r[m])}{spread} ({int(n)})" if n > 1 else text(r[m])
+
+    table = pd.DataFrame(
+        {
+            **{k: [text(v) for v in configs[k]] for k in keys},
+            **{m: [cell(r, m) for _, r in configs.iterrows()] for m in metrics},
+        }
+    )
+    return table.to_string(index=False)
 
 
 def reason(error: Any, *, limit: int = 300) -> str:
@@ -196,7 +213,11 @@ def reason(error: Any, *, limit: int = 300) -> str:
 
 
 def text(v: Any) -> str:
-    """A trial's value as short text (floats to 4 significant digits), for names and summaries."""
+    """A trial's value as short text, for names and summaries: nothing for a missing value (a field
+    its method ignores), integers as integers (266200, not 2.662e+05), other floats to 4 significant
+    digits."""
+    if v is None or (isinstance(v, float) and v != v):
+        return ""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        return str(int(v)) if v.is_integer() and abs(v) < 1e15 else f"{v:.4g}"
     return str(v)

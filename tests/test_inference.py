@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from impress import inference
 from impress.config import INFERENCE_RULES, Config, ConfigError
 from impress.inference import (
     RULES,
@@ -167,24 +168,105 @@ def test_supsup_rules_identify_tasks_from_full_batches(supsup):
     # label-free fitting is judged by accuracy: without task labels, within 0.1 of GG. It starts at
     # the one-shot pick; minimising the entropy then drifts from a right pick (measured: -0.06)
     assert m["acc/gns/fit"] >= gg - 0.1
-    assert m["acc/gnu/oneshot_h"] <= m["acc/gns/oneshot_h"]  # GNu only takes away
 
 
 def test_impresslearn_rules_identify_tasks_from_full_batches(impress):
-    """Honest thresholds. Chance is 1/6. The 3 dedicated tasks (the bank's own masks) are found
-    like SupSup's. The 3 tasks learned as combinations are confident on every task's data (their
-    entropy barely rises on foreign data, measured), so the entropy rules miss most of them; G
-    finds some. So: dedicated tasks >= 0.9, all tasks >= 0.45 (2.7x chance) for every rule."""
+    """Chance is 1/6. A full batch (a task's whole test set) is identified all or nothing, so each
+    task scores 0 or 1. The dedicated tasks (the bank's own masks) are found like SupSup's: >= 0.9
+    under every rule. The tasks learned as combinations are judged on their own, not averaged in
+    with the dedicated ones (which alone met the old bound on the mean of all six).
+
+    Measured (unit gain, this config, full batches), learned tasks found of 3: on this fixture
+    (seed 0) one-shot H, one-shot G and fit 2 (task 3 is taken for task 1), the binary rules 0
+    (tasks 3-5 go to 1 and 0); over seeds 0-5 one-shot H, one-shot G and fit 1 to 3 (means 0.61,
+    0.72, 0.61), binary H 0 to 2, binary G 0 to 3. So one-shot and fit must find at least one whole
+    learned task (>= 0.3, 2x chance, below the minimum of 1/3 over seeds); the binary rules are
+    held to nothing on learned tasks (their measured minimum is 0). NOTE: the dedicated bound is this
+    seed's: on seed 4 one-shot G took dedicated task 0's batch for learned task 5."""
     stream, method = impress
+    torch.set_num_threads(1)  # after the fixture's training (conftest restores the count)
     cfg = Config(method="impresslearn", m=3, granularity="channel", num_tasks=6, **SMALL)
     basis = task_basis(method)
-    for rule in ("oneshot_h", "binary_h", "oneshot_g", "binary_g", "fit"):
+    T = basis.num_tasks
+    dedicated = method.dedicated_tasks(cfg, T)
+    assert dedicated == method.n_dedicated == 3 and T == 6  # 3 learned tasks to judge
+    learned_bound = {"oneshot_h": 0.3, "oneshot_g": 0.3, "fit": 0.3, "binary_h": 0.0, "binary_g": 0.0}
+    for rule, bound in learned_bound.items():
         hits = []
         for task in stream:
             x, _ = task.test_data()
             hits.append(float((infer(method, x, rule, cfg, classes=10, basis=basis).task == task.index).float().mean()))
-        assert np.mean(hits[:3]) >= 0.9, (rule, hits)
-        assert np.mean(hits) >= 0.45, (rule, hits)
+        assert np.mean(hits[:dedicated]) >= 0.9, (rule, hits)
+        assert np.mean(hits[dedicated:]) >= bound, (rule, hits)
+
+
+@pytest.mark.parametrize("which", ["supsup", "impress"])
+def test_gns_and_gnu_are_recomputed_from_each_images_inferred_task(which, request, monkeypatch):
+    """The GN metrics recomputed image by image from the tasks `infer` picked inside
+    `evaluate_inference`, each image classified the way GG classifies (the picked task's own view):
+    per task GNs is the accuracy under the picked views, GNu the fraction identified AND right (a
+    wrongly identified image scores 0), task_infer the fraction identified; each averaged over tasks.
+    A task whose every image was identified scores its GG accuracy in GNs. (Measured on these
+    fixtures, one-shot H: supsup finds every batch and 56 of 60 single images, each miss then
+    classified wrong, so GNu = GNs there; impresslearn takes task 3's whole batch for task 1, which
+    still classifies some of it right, and finds 2, 6 and 8 of the 12 single images of tasks 3-5:
+    there GNu < GNs.)"""
+    stream, method = request.getfixturevalue(which)
+    torch.set_num_threads(1)  # after the fixture's training (conftest restores the count)
+    cfg = method.cfg.replace(infer_single=True)
+    rule, n_single, T = "oneshot_h", 12, len(stream)
+    assert cfg.infer_batch_size == len(stream[0].test_data()[1])  # a full batch: one `infer` per task
+    calls = []
+
+    def spy(method, x, *args, **kwargs):
+        result = infer(method, x, *args, **kwargs)
+        calls.append((x, result.task))
+        return result
+
+    monkeypatch.setattr(inference, "infer", spy)
+    m = evaluate_inference(method, stream, cfg, rules=(rule,), single_images=n_single)
+    assert len(calls) == 2 * T  # batches, then single images: one call per task each
+    method.eval()
+    for (suffix, single), mode_calls in zip((("", False), ("_single", True)), (calls[:T], calls[T:])):
+        identified, gns, gnu = [], [], []
+        for task, (x_called, picked) in zip(stream, mode_calls):
+            x, y = task.test_data()
+            if single:
+                x, y = x[:n_single], y[:n_single]
+            assert torch.equal(x_called, x) and len(picked) == len(y)
+            right = torch.zeros(len(y), dtype=torch.bool)
+            for p in picked.unique().tolist():
+                sel = picked == p
+                with torch.no_grad(), method.view(p):
+                    right[sel] = method.net(x[sel])[:, :10].argmax(dim=1) == y[sel]
+            hit = picked == task.index
+            identified.append(hit.double().mean().item())
+            gns.append(right.double().mean().item())
+            gnu.append((hit & right).double().mean().item())
+            if not single and bool(hit.all()):
+                assert gns[-1] == pytest.approx(evaluate(method, task), abs=1e-6), task.index
+        key = f"{suffix}/{rule}"
+        assert m[f"task_infer/acc{key}"] == pytest.approx(np.mean(identified), abs=1e-6), key
+        assert m[f"acc/gns{key}"] == pytest.approx(np.mean(gns), abs=1e-6), key
+        assert m[f"acc/gnu{key}"] == pytest.approx(np.mean(gnu), abs=1e-6), key
+
+
+def test_gnu_scores_a_misidentified_task_zero_and_gns_its_accuracy_under_the_picked_task(supsup, monkeypatch):
+    """Every batch identified as task 0 (the search replaced): GNs of task t is its accuracy under
+    task 0's view, GNu counts task 0 alone, task_infer is 1/T."""
+    stream, method = supsup
+    cfg = Config(method="supsup", num_tasks=5, **SMALL)
+
+    def always_task_0(basis, net, xs, rule, cfg, *, classes):
+        return torch.zeros(len(xs), dtype=torch.long), None
+
+    monkeypatch.setattr(inference, "identify", always_task_0)
+    m = evaluate_inference(method, stream, cfg, rules=("oneshot_h",))
+    under_0 = [evaluate(method, task, view=method.view(0)) for task in stream]
+    assert under_0[0] == evaluate(method, stream[0]) > 0.85 and max(under_0[1:]) < 0.5  # foreign views fail
+    assert m["task_infer/acc"] == pytest.approx(1 / 5)
+    assert m["acc/gns"] == pytest.approx(np.mean(under_0), abs=1e-6)
+    assert m["acc/gnu"] == pytest.approx(under_0[0] / 5, abs=1e-6)
 
 
 def test_inference_leaves_batchnorm_statistics_alone():

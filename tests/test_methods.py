@@ -134,8 +134,9 @@ def test_task_inference_runs_exactly_where_the_method_can_be_inferred(name):
             Config(**cfg)
         return
     result = run(Config(**cfg))
-    assert 0.0 <= result.metrics["test/task_infer/acc"] <= 1.0
-    assert result.metrics["test/acc/gnu"] <= result.metrics["test/acc/avg"] + 1e-9
+    for split in ("val", "test"):
+        assert {f"{split}/task_infer/acc", f"{split}/acc/gnu"} <= set(result.metrics)
+    assert result.metrics["test/task_infer/acc"] > 1 / 3  # above chance on permuted digits
 
 
 def test_every_method_labels_its_rows_and_blanks_what_it_ignores():
