@@ -14,7 +14,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["pareto_mask", "over_seeds", "seed_front"]
+__all__ = ["pareto_mask", "over_seeds", "seed_front", "SETTING_FIELDS"]
+
+# what a config is measured on rather than what it tries: `seed_front` takes one front per
+# combination of these among its `by` columns (a config on easier data dominates nothing)
+SETTING_FIELDS = ("stream", "source", "num_tasks", "classes_per_task", "split_labels", "backbone", "widths")
 
 
 def pareto_mask(points: np.ndarray | Sequence[Sequence[float]], modes: Sequence[str]) -> np.ndarray:
@@ -63,10 +67,14 @@ def seed_front(
     trials: pd.DataFrame, objectives: dict[str, str], *, by: Sequence[str], show: Sequence[str] = ()
 ) -> pd.DataFrame:
     """`over_seeds` of the objectives (and of the metrics in `show`, which play no part in the
-    front) plus `on_front`: is the config's mean non-dominated in the objectives?
+    front) plus `on_front`: is the config's mean non-dominated in the objectives among the configs
+    of its setting (the same values of the `SETTING_FIELDS` in `by`)?
     `objectives` maps metric -> "max" or "min", e.g. {"bits/per_task": "min", "val/acc/avg": "max"};
     a front chosen on validation shows its test twins with `show=["test/acc/avg"]`."""
     extra = [m for m in show if m not in objectives and m in trials]
     table = over_seeds(trials, [*objectives, *extra], by=by)
-    table["on_front"] = pareto_mask(table[list(objectives)].to_numpy(dtype=float), list(objectives.values()))
+    modes, settings = list(objectives.values()), [c for c in by if c in SETTING_FIELDS]
+    table["on_front"] = False
+    for _, part in table.groupby(settings, dropna=False, sort=False) if settings else [(None, table)]:
+        table.loc[part.index, "on_front"] = pareto_mask(part[list(objectives)].to_numpy(dtype=float), modes)
     return table

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from impress.metrics import twin
-from impress.pareto import over_seeds, seed_front
+from impress.pareto import SETTING_FIELDS, over_seeds, seed_front
 from impress.tables import cell_text, config_parts
 
 __all__ = [
@@ -182,16 +182,22 @@ def plot_pareto(
         front = configs[configs["on_front"]].sort_values(dx)
         n = f"n={front['n'].min()}" if front["n"].nunique() == 1 else f"n={front['n'].min()}-{front['n'].max()}"
         chosen = "" if (dx, dy) == (x, y) else ", chosen on validation"
-        ax.plot(
-            front[dx],
-            front[dy],
-            "-D",
-            color=FRONT_COLOUR,
-            lw=1.5,
-            ms=5,
-            zorder=5,
-            label=f"Pareto front{chosen} (means, {n} seeds)",
-        )
+        settings = [c for c in by if c in SETTING_FIELDS]  # one front line per stream and backbone
+        parts = front.groupby(settings, dropna=False, sort=False) if settings else [(None, front)]
+        for i, (_, part) in enumerate(parts):
+            ax.plot(
+                part[dx],
+                part[dy],
+                "-D",
+                color=FRONT_COLOUR,
+                lw=1.5,
+                ms=5,
+                zorder=5,
+                label=None
+                if i
+                else f"Pareto front{chosen} (means, {n} seeds)"
+                + (f", one per {' and '.join(settings)}" if settings else ""),
+            )
         ax.scatter([], [], s=16, alpha=0.35, color="grey", lw=0, label="every complete trial (faint)")
     values = trials[dx].to_numpy(dtype=float)
     values = values[np.isfinite(values) & (values > 0)]

@@ -7,7 +7,8 @@ same table here.
                              it neither tells configs apart nor reads as NaN
     config_front(...)        the configs' means over seeds (n, sample std, the seeds and trial ids),
                              and which are non-dominated in the objectives: a config is on the front
-                             for what it does on average, not for one lucky seed
+                             for what it does on average, not for one lucky seed; configs on
+                             different data or backbones are never compared (`impress.pareto.SETTING_FIELDS`)
 """
 
 from __future__ import annotations

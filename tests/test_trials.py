@@ -73,3 +73,13 @@ def test_the_summary_prints_integers_as_integers_and_no_nan_for_fields_a_method_
     assert "0.75 ± 0.2828 (2)" in summary  # every config, with its spread, below the front
     front_part = summary.split("every config")[0]
     assert "0.75" not in front_part  # the lucky config is not on the front
+
+
+def test_configs_on_different_streams_are_never_compared():
+    rows = [
+        _row("p0", 0, 0.97, W, method="supsup", stream="permuted"),
+        _row("r0", 0, 0.96, W, method="supsup", stream="rotated"),
+        _row("r1", 0, 0.70, 480, method="impresslearn", m=5, stream="rotated"),
+    ]
+    configs = config_front(trials_table(rows), {"val/acc/avg": "max", "bits/per_task": "min"}, by=["stream", "method"])
+    assert configs["on_front"].all()  # rotated SupSup is on its stream's front, though permuted SupSup beats it
