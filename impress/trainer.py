@@ -195,8 +195,11 @@ def run(
     seconds: list[float] = []
     start = 0
     if checkpoint_dir is not None and (ckpt := load_checkpoint(checkpoint_dir)) is not None:
-        if _comparable(ckpt["config"]) != _comparable(cfg.to_dict()):
-            diff = {k for k, v in _comparable(cfg.to_dict()).items() if ckpt["config"].get(k) != v}
+        # NOTE: a field the checkpoint lacks was added to `Config` after it was written, with a default
+        # that computes what was computed before
+        stored = _comparable({**Config().to_dict(), **ckpt["config"]})
+        if stored != _comparable(cfg.to_dict()):
+            diff = {k for k, v in _comparable(cfg.to_dict()).items() if stored.get(k) != v}
             raise CheckpointError(
                 f"{checkpoint_dir}: the checkpoint was written by a different config (differs in {sorted(diff)})"
             )

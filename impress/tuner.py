@@ -51,7 +51,7 @@ from impress.study_outcome import TUNE_DIR, StudyOutcome, finish, text
 from impress.tracking import check_reachable, default_tracking_uri
 from impress.tune_callbacks import progress_callback, tracking_callback
 
-__all__ = ["run_study", "resume_study", "sync_study", "study_dir", "checkpoint_folder", "has_state"]
+__all__ = ["run_study", "resume_study", "sync_study", "study_dir", "checkpoint_folder", "config_identity", "has_state"]
 
 CHECKPOINTS_DIR = "checkpoints"
 LOG_FILE = "study.log"
@@ -70,6 +70,12 @@ def _trial_values(trial_config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in trial_config.items() if k != "point"} | dict(trial_config.get("point", {}))
 
 
+def config_identity(cfg: Config) -> dict[str, Any]:
+    """What a trial computes: the config's fields that differ from their defaults, without device and threads."""
+    defaults = Config().to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if k not in ("device", "threads") and v != defaults[k]}
+
+
 def checkpoint_folder(root: Path, cfg: Config) -> Path:
     """Where a trial of `cfg` keeps its per-task checkpoint: in the study's folder, named by the config.
 
@@ -77,9 +83,11 @@ def checkpoint_folder(root: Path, cfg: Config) -> Path:
     snapshot names, and snapshots lag behind reports (Ray 2.60 writes one at most every 10 s): a
     study stopped in between repeated every task since that snapshot, or all of them. A folder
     named by what the trial computes is found again whatever Tune's snapshot says, even by a trial
-    that Tune re-creates under a new id; device and threads do not change the results."""
-    same = {k: v for k, v in cfg.to_dict().items() if k not in ("device", "threads")}
-    key = hashlib.sha256(json.dumps(same, sort_keys=True).encode()).hexdigest()[:16]
+    that Tune re-creates under a new id; device and threads do not change the results.
+
+    Named by the fields that differ from their defaults, so a field added to `Config` later (with a
+    default that computes what was computed before) leaves every folder's name as it was."""
+    key = hashlib.sha256(json.dumps(config_identity(cfg), sort_keys=True).encode()).hexdigest()[:16]
     return Path(root) / CHECKPOINTS_DIR / key
 
 

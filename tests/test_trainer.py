@@ -162,3 +162,29 @@ def test_evaluate_is_accuracy_of_the_view():
     _, y = stream[0].test_data()
     expected = float((_logits(method, stream[0]).argmax(1) == y).float().mean())
     assert evaluate(method, stream[0]) == pytest.approx(expected)
+
+
+def test_a_checkpoint_from_before_a_config_field_existed_resumes(tmp_path):
+    """A field added to `Config` later has a default that computes what was computed before: a
+    checkpoint written without it (by an earlier version) still fits, and resumes."""
+    cfg = Config(m=2, num_tasks=3, epochs=1, widths=(32, 32))
+    full = run(cfg, checkpoint_dir=tmp_path / "full")
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_one(metrics):
+        if metrics["step"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(cfg, report=stop_at_one, checkpoint_dir=tmp_path / "old")
+    ckpt = load_checkpoint(tmp_path / "old")
+    del ckpt["config"]["shared_weight"]  # as an earlier version wrote it
+    save_checkpoint(tmp_path / "old", ckpt)
+    resumed = run(cfg, checkpoint_dir=tmp_path / "old")
+    np.testing.assert_array_equal(np.array(resumed.acc_matrix), np.array(full.acc_matrix))
+    ckpt["config"]["m"] = 3  # a field it has, with another value: still refused
+    save_checkpoint(tmp_path / "old", ckpt)
+    with pytest.raises(CheckpointError, match=r"differs in \['m'\]"):
+        run(cfg, checkpoint_dir=tmp_path / "old")

@@ -19,6 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from studystate import tasks_checkpointed
 
+from impress.config import Config
 from impress.pareto import pareto_mask
 from impress.study import Study
 from impress.trainer import run
@@ -322,3 +323,13 @@ def test_missing_dataset_fails_before_ray_starts(tmp_path):
     study_file = _write_study(tmp_path / "no_data.yaml", {**data, "grid": {"m": [1, 2]}})
     proc = _refused_before_ray(study_file, tmp_path / "out")
     assert f"MNIST not found under {tmp_path / 'data'}" in proc.stderr
+
+
+def test_a_checkpoint_folder_is_named_by_the_fields_off_their_defaults(tmp_path):
+    """So a field added to `Config` later leaves every existing folder's name as it was."""
+    from impress.tuner import checkpoint_folder, config_identity
+
+    assert config_identity(Config(m=3, seed=2, threads=1, device="cpu")) == {"m": 3, "seed": 2}
+    assert config_identity(Config()) == {}
+    assert checkpoint_folder(tmp_path, Config(m=3)) != checkpoint_folder(tmp_path, Config(m=4))
+    assert checkpoint_folder(tmp_path, Config(m=3, threads=2)) == checkpoint_folder(tmp_path, Config(m=3))
