@@ -13,7 +13,9 @@ import pandas as pd
 import yaml
 from mlflow.tracking import MlflowClient
 
-REASON = "impress.methods.base.DivergedError: task 1 (rotated_120.0deg): training loss became nan in coefficients epoch 1"
+REASON = (
+    "impress.methods.base.DivergedError: task 1 (rotated_120.0deg): training loss became nan in coefficients epoch 1"
+)
 
 
 def test_a_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
