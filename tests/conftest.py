@@ -30,6 +30,20 @@ def _tracking_store_outside_the_checkout(tmp_path_factory):
     yield
 
 
+class Stop(Exception):
+    """What a `stop_at` report raises: a run killed after its checkpoint, in its report."""
+
+
+def stop_at(step: int):
+    """A report callback that kills the run in the report of task `step`."""
+
+    def report(metrics: dict) -> None:
+        if metrics["step"] == step:
+            raise Stop
+
+    return report
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from conftest import Stop, stop_at
 
 from impress.checkpoint import FILENAME, method_state
 from impress.config import Config, ConfigError
@@ -105,15 +106,8 @@ def test_resume_after_a_stop_is_exact(cfg, tmp_path):
     cfg = cfg.replace(num_tasks=3)
     full = run(cfg, checkpoint_dir=tmp_path / "full")
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_one(metrics):
-        if metrics["step"] == 1:
-            raise Stop
-
     with pytest.raises(Stop):
-        run(cfg, report=stop_at_one, checkpoint_dir=tmp_path / "cut")
+        run(cfg, report=stop_at(1), checkpoint_dir=tmp_path / "cut")
     reported = []
     resumed = run(cfg, report=reported.append, checkpoint_dir=tmp_path / "cut")
     assert [m["step"] for m in reported] == [2] and reported[0]["resumed_from"] == 2

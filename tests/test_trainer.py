@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import Stop, stop_at
 
 from impress.checkpoint import FILENAME, CheckpointError, load_checkpoint, save_checkpoint
 from impress.config import Config
@@ -37,15 +38,8 @@ def test_resume_is_exact(tmp_path):
     same = [k for k in first[-1] if k != "resumed_from"]
     assert {k: again[0][k] for k in same} == {k: first[-1][k] for k in same}
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_three(metrics):
-        if metrics["step"] == 3:
-            raise Stop
-
     with pytest.raises(Stop):  # killed in task 3's report (its checkpoint is written): one coefficient task done
-        run(cfg, report=stop_at_three, checkpoint_dir=tmp_path / "cut")
+        run(cfg, report=stop_at(3), checkpoint_dir=tmp_path / "cut")
     reported = []
     resumed = run(cfg, report=reported.append, checkpoint_dir=tmp_path / "cut")
     assert [m["step"] for m in reported] == [4]  # nothing redone, nothing lost
@@ -170,15 +164,8 @@ def test_a_checkpoint_from_before_a_config_field_existed_resumes(tmp_path):
     cfg = Config(m=2, num_tasks=3, epochs=1, widths=(32, 32))
     full = run(cfg, checkpoint_dir=tmp_path / "full")
 
-    class Stop(Exception):
-        pass
-
-    def stop_at_one(metrics):
-        if metrics["step"] == 1:
-            raise Stop
-
     with pytest.raises(Stop):
-        run(cfg, report=stop_at_one, checkpoint_dir=tmp_path / "old")
+        run(cfg, report=stop_at(1), checkpoint_dir=tmp_path / "old")
     ckpt = load_checkpoint(tmp_path / "old")
     del ckpt["config"]["shared_weight"]  # as an earlier version wrote it
     save_checkpoint(tmp_path / "old", ckpt)
