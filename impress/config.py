@@ -35,8 +35,8 @@ def _choice(*options: str, doc: str) -> dict[str, Any]:
 
 
 def _registered(doc: str) -> dict[str, Any]:
-    """Choices are the keys of the method registry, `impress.methods.METHODS` (read on first use:
-    the methods bring in torch, which a config that is only read or printed never needs)."""
+    """Choices are the keys of the method registry, `impress.methods.METHODS`, imported when first
+    needed (validating a config): the methods bring in torch, which importing this module does not."""
     return {"registry": True, "doc": doc}
 
 
