@@ -39,6 +39,7 @@ __all__ = [
     "masked_layers",
     "task_norms",
     "task_view",
+    "unit_blocks",
 ]
 
 
@@ -67,6 +68,13 @@ class Stored:
 
     def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
         return layer.bank_float(self.index + 1)[self.index]
+
+
+def unit_blocks(units: int, rows: int) -> list[int]:
+    """How many output units each of `rows` coefficient rows covers: contiguous blocks, the first
+    `units % rows` one unit larger (as `torch.tensor_split`); rows beyond `units` are clamped to it."""
+    rows = min(rows, units)
+    return [units // rows + (1 if r < units % rows else 0) for r in range(rows)]
 
 
 @dataclass(frozen=True, eq=False)
