@@ -95,9 +95,13 @@ def store_random_bank(net: nn.Module, m: int, *, density: float = 0.5, seed: int
             layer.store_mask(torch.rand(layer.weight.shape, generator=generator("bench_bank", seed, i, r)) < density)
 
 
-def coefficient_step(net: nn.Module, data: Batches, *, m: int, granularity: str, lr: float = 0.05) -> Step:
-    """Train only the coefficients mixing the first m stored masks (ImpressLearn's later tasks)."""
-    layout = CoeffLayout([layer.weight.shape[0] for layer in masked_layers(net)], m, granularity)
+def coefficient_step(
+    net: nn.Module, data: Batches, *, m: int, granularity: str, groups: int = 1, lr: float = 0.05
+) -> Step:
+    """Train only the coefficients mixing the first m stored masks (ImpressLearn's later tasks);
+    `groups` rows per layer with granularity `group`."""
+    outs = [layer.weight.shape[0] for layer in masked_layers(net)]
+    layout = CoeffLayout(outs, m, granularity, groups=groups)
     raw = nn.Parameter(layout.initial())
 
     def forward(x: torch.Tensor) -> torch.Tensor:

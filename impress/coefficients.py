@@ -1,9 +1,15 @@
 """Mixing coefficients: how one task's flat coefficient vector maps onto the masked layers.
 
-granularity   per task                   per layer l
-global        m floats                   the same (m,) for every layer
-layer         L * m floats               its own (m,)
-channel       sum_l out_l * m floats     (out_l, m): one combination per output unit
+granularity   per task                        per layer l
+global        m floats                        the same (m,) for every layer
+layer         L * m floats                    its own (m,)
+group         sum_l min(G, out_l) * m floats  (G_l, m): one combination per block of output units
+channel       sum_l out_l * m floats          (out_l, m): one combination per output unit
+
+Groups are contiguous blocks of a layer's output units (conv layers: output channels), sized by
+`impress.layers.unit_blocks`: the first out % G blocks hold one unit more. A layer with fewer
+units than G gets one row per unit, so `group` spans `layer` (G = 1) to `channel` (G >= every
+layer's units).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import Sequence
 
 import torch
 
-from impress.layers import Mixture
+from impress.layers import Mixture, unit_blocks
 
 __all__ = ["CoeffLayout"]
 
@@ -20,14 +26,23 @@ __all__ = ["CoeffLayout"]
 class CoeffLayout:
     """Splits a flat coefficient vector into per-layer `Mixture` sources."""
 
-    def __init__(self, out_features: Sequence[int], m: int, granularity: str, *, param: str = "linear") -> None:
-        if granularity not in ("global", "layer", "channel"):
-            raise ValueError(f"granularity must be global, layer or channel, got {granularity!r}")
+    def __init__(
+        self, out_features: Sequence[int], m: int, granularity: str, *, groups: int = 1, param: str = "linear"
+    ) -> None:
+        if granularity not in ("global", "layer", "group", "channel"):
+            raise ValueError(f"granularity must be global, layer, group or channel, got {granularity!r}")
+        if groups < 1:
+            raise ValueError(f"groups must be at least 1, got {groups}")
         if param not in ("linear", "softmax"):
             raise ValueError(f"param must be linear or softmax, got {param!r}")
         self.m, self.granularity, self.param = m, granularity, param
         self.out_features = list(out_features)
-        rows = {"global": [1], "layer": [1] * len(out_features), "channel": self.out_features}[granularity]
+        rows = {
+            "global": [1],
+            "layer": [1] * len(out_features),
+            "group": [len(unit_blocks(out, groups)) for out in self.out_features],
+            "channel": self.out_features,
+        }[granularity]
         self.rows = rows  # coefficient rows per layer (global: one row shared by all layers)
         self.size = sum(rows) * m
 
@@ -45,7 +60,8 @@ class CoeffLayout:
 
     def blocks(self, coeffs: torch.Tensor) -> list[torch.Tensor]:
         """Per masked layer its block of coefficients (..., size) -> (..., rows, m): one row (global,
-        layer) or one per output unit (channel). Global's single block is every layer's."""
+        layer), one per block of units (group) or per unit (channel). Global's single block is every
+        layer's."""
         if self.granularity == "global":
             return [coeffs.unsqueeze(-2)] * len(self.out_features)
         parts = torch.split(coeffs, [r * self.m for r in self.rows], dim=-1)

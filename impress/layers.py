@@ -7,7 +7,9 @@ One class per torch op (`MaskedLinear`, `MaskedConv2d`) plus the affine-free, pe
                     on CPU the masked weight is fused (`impress.fused_topk`), same result
     Threshold()     SupSup's fast mask: scores >= 0 (straight-through)
     Stored(i)       the i-th stored binary mask of the layer's bank
-    Mixture(alpha)  sum_i alpha[..., i] * bank[i] over the first alpha.shape[-1] stored masks
+    Mixture(alpha)  sum_i alpha[r, i] * bank[i] over the first m stored masks, alpha (m,) or (R, m):
+                    row r for the r-th of R blocks of output units; on CPU the masked weight is
+                    fused (`impress.fused_mixture`), same result up to float rounding
     None            dense: the plain weight (used by the `finetune` baseline)
 
 The only door that changes a model's sources is the `task_view` context manager.
@@ -15,15 +17,19 @@ The only door that changes a model's sources is the `task_view` context manager.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from impress.fused_mixture import bank_words, mixture_masked_weight
+from impress.fused_mixture import fused_applies as mixture_fused_applies
 from impress.fused_topk import topk_masked_weight
 from impress.masks import TopKCache, pack_bits, threshold_mask, topk_mask, unpack_bits
 
@@ -77,17 +83,38 @@ def unit_blocks(units: int, rows: int) -> list[int]:
     return [units // rows + (1 if r < units % rows else 0) for r in range(rows)]
 
 
+@functools.cache
+def _row_bounds(units: int, rows: int, unit_size: int) -> numpy.ndarray:
+    """The flat weight offsets where each of `rows` coefficient rows begins, and the end: (rows + 1,)."""
+    bounds = numpy.cumsum([0, *unit_blocks(units, rows)]) * unit_size
+    bounds.flags.writeable = False
+    return bounds
+
+
 @dataclass(frozen=True, eq=False)
 class Mixture:
-    """Real-valued combination of stored masks; `alpha` is (m,) or per output unit (out, m)."""
+    """Real-valued combination of the first m stored masks; `alpha` is (m,) for the whole layer or
+    (R, m) for R contiguous blocks of output units (`unit_blocks`; R = out: one row per unit)."""
 
     alpha: torch.Tensor
 
-    def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
-        alpha = self.alpha[0] if self.alpha.dim() == 2 and self.alpha.shape[0] == 1 else self.alpha
-        m, per_unit = alpha.shape[-1], alpha.dim() == 2
+    def rows(self, layer: _MaskedWeight) -> torch.Tensor:
+        """alpha as (R, m), checked against the layer: 1 <= R <= out units, m <= masks stored."""
+        alpha = self.alpha if self.alpha.dim() == 2 else self.alpha.unsqueeze(0)
+        (rows, m), out = alpha.shape, layer.weight.shape[0]
         if m > len(layer.bank):
             raise IndexError(f"the layer's bank holds {len(layer.bank)} masks; {m} were asked for")
+        if not 1 <= rows <= out:
+            raise ValueError(f"alpha has {rows} rows; between 1 and the layer's {out} output units expected")
+        return alpha
+
+    def __call__(self, layer: _MaskedWeight) -> torch.Tensor:
+        alpha = self.rows(layer)
+        (rows, m), out = alpha.shape, layer.weight.shape[0]
+        per_unit = rows > 1
+        if per_unit and rows < out:  # each unit its block's row
+            alpha = alpha.repeat_interleave(torch.tensor(unit_blocks(out, rows), device=alpha.device), dim=0)
+        alpha = alpha if per_unit else alpha[0]
         width = 8 if per_unit else 16  # impressions per code
         codes = layer.bank_codes(per_unit=per_unit)[: -(-m // width)]  # (groups, numel)
         a = F.pad(alpha, (0, len(codes) * width - m)).unflatten(-1, (-1, width))  # masks past m weigh 0
@@ -99,13 +126,28 @@ class Mixture:
             tables = (hi.unsqueeze(2) + lo.unsqueeze(1)).flatten(1)  # (groups, 65536)
         return _GatherSum.apply(tables, codes).view(layer.weight.shape)
 
+    def masked_weight(self, layer: _MaskedWeight) -> torch.Tensor:
+        """`layer.weight * self(layer)`, fused on CPU (`impress.fused_mixture`) when it applies."""
+        alpha = self.rows(layer)
+        if not mixture_fused_applies(alpha, layer.weight):
+            return layer.weight * self(layer)
+        out = layer.weight.shape[0]
+        bounds = _row_bounds(out, len(alpha), layer.weight[0].numel())
+        return mixture_masked_weight(alpha, layer.weight, layer.bank_words(), bounds)
+
 
 # NOTE: `sum_i alpha_i * M_i` over float masks reads m floats per weight, forward and backward (m=32
 # on FC-1024-1024's 1.86M weights: 238 MB each way, ~17 ms per 1M weights here). Instead each weight
 # keeps, per group of 16 impressions, the 16 bits it has in them (its code, int32); a group's 65536
 # partial sums of alpha (its table) are gathered by code, and a table's gradient is the upstream
 # gradient summed per code (~4 ms per 1M weights at m=32). Per-unit alphas use groups of 8 and a
-# 256-entry table per unit. Equal up to float summation order, and no float bank is made.
+# 256-entry table per unit; R rows of blocks of units repeat each row over its block's units. Equal
+# up to float summation order, and no float bank is made. This is the path of other devices, of
+# float64, and of the mask alone (`Mixture(alpha)(layer)`). A CPU coefficient step's masked weight
+# is fused instead (`impress.fused_mixture`: a table per byte of 8 masks, one pass each way): the
+# step on FC-1024-1024, batch 128, went from 2.22x / 5.79x the dense step at m = 32 / 128 (global,
+# this path) to 1.43x / 2.66x (`python -m bench --only mixture`, n = 30 medians; at m = 128 2.53x
+# to 3.20x over 5 runs beside other work).
 _BYTE_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).float()  # (256, 8): bit j of byte b
 
 
@@ -158,8 +200,9 @@ class _MaskedWeight(GrowingBuffers):
     bank    (n_masks, ceil(numel / 8)) uint8: every stored binary mask, bit-packed
 
     Not state (never saved): `topk_cache`, the warm start of `TopK` selections on `scores` (a
-    speed hint only), and two views of the bank derived on demand: its float masks (`bank_float`)
-    and its per-weight codes for mixtures (`bank_codes`).
+    speed hint only), and three views of the bank derived on demand: its float masks (`bank_float`),
+    its per-weight codes for the torch mixture (`bank_codes`) and its per-weight words for the fused
+    one (`bank_words`).
     """
 
     growing_buffers = ("bank",)
@@ -178,6 +221,7 @@ class _MaskedWeight(GrowingBuffers):
         # float copy of the bank and the bank tensor it was made from (every change replaces the tensor)
         self._bank_cache: tuple[torch.Tensor, torch.Tensor] | None = None
         self._codes_cache: dict[bool, tuple[torch.Tensor, int, torch.Tensor]] = {}  # per_unit: (bank, version, codes)
+        self._words_cache: tuple[torch.Tensor, int, torch.Tensor] | None = None  # (bank, version, words)
 
     @property
     def fan_in(self) -> int:
@@ -230,6 +274,16 @@ class _MaskedWeight(GrowingBuffers):
         self._codes_cache[per_unit] = self.bank, self.bank._version, codes
         return codes
 
+    def bank_words(self) -> torch.Tensor:
+        """Each weight's bits in the stored masks as the fused mixture reads them (`impress.
+        fused_mixture.bank_words`, CPU). Cached until the bank changes (replaced or written to)."""
+        cached = self._words_cache
+        if cached is not None and cached[0] is self.bank and cached[1] == self.bank._version:
+            return cached[2]
+        words = bank_words(self.bank, self.weight.numel())
+        self._words_cache = self.bank, self.bank._version, words
+        return words
+
     def current_mask(self) -> torch.Tensor | None:
         """The mask the layer computes with now (None: dense)."""
         return None if self.source is None else self.source(self)
@@ -238,6 +292,8 @@ class _MaskedWeight(GrowingBuffers):
         if isinstance(self.source, TopK):  # mask training's hot path: one pass each way on CPU
             density, fused = self.source.density, self.source.fused
             return topk_masked_weight(self.scores, self.weight, density, cache=self.topk_cache, fused=fused)
+        if isinstance(self.source, Mixture):  # coefficient training's hot path
+            return self.source.masked_weight(self)
         mask = self.current_mask()
         return self.weight if mask is None else self.weight * mask
 
