@@ -11,7 +11,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from impress.layers import MaskSource, masked_layers
+from impress.layers import MaskSource, masked_layers, unit_blocks
 
 __all__ = ["TaskBasis"]
 
@@ -22,8 +22,8 @@ class TaskBasis:
 
     coeffs   (T, size): task t computes with `sources(coeffs[t])`
     sources  coefficients (size,) -> one mask source per masked layer
-    blocks   coefficients (..., size) -> per masked layer its block (..., rows, k): rows = 1, or one
-             per output unit (channel granularity)
+    blocks   coefficients (..., size) -> per masked layer its block (..., rows, k): rows = 1, one per
+             block of output units (group granularity) or one per unit (channel)
     unit_gain  combinations are compared at the logit scale of binary masks (`gain`)
     """
 
@@ -50,8 +50,13 @@ class TaskBasis:
             layers, shapes = layers[-1:], shapes[-1:]  # behind a BatchNorm a layer's scale is lost
         out = []
         for layer, (rows, k) in zip(layers, shapes):
-            bank = layer.bank_float(k)[:k].reshape(k, rows, -1)  # (k, rows, n / rows)
-            gram = torch.einsum("ira,jra->rij", bank, bank)  # (rows, k, k)
+            units = layer.weight.shape[0]
+            bank = layer.bank_float(k)[:k].reshape(k, units, -1)  # (k, units, fan_in)
+            per_unit = torch.einsum("iua,jua->uij", bank, bank)  # (units, k, k)
+            row_of_unit = torch.arange(rows, device=bank.device).repeat_interleave(
+                torch.tensor(unit_blocks(units, rows), device=bank.device)
+            )
+            gram = per_unit.new_zeros(rows, k, k).index_add_(0, row_of_unit, per_unit)  # summed per row's block
             out.append((gram, gram.diagonal(dim1=1, dim2=2).sum(dim=0).mean()))
         return out
 

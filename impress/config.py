@@ -153,8 +153,27 @@ class Config:
     granularity: str = field(
         default="layer",
         metadata=_choice(
-            "global", "layer", "channel", doc="coefficients per task: m, m per layer, or m per output channel"
+            "global",
+            "layer",
+            "group",
+            "channel",
+            doc="coefficients per task: m, m per layer, m per block of `groups` output units, or m per output unit",
         ),
+    )
+    groups: int = field(
+        default=4,
+        metadata=_range(
+            1,
+            1_000_000,
+            doc="granularity group: coefficient rows per layer (blocks of output units; at most the units)",
+        ),
+    )
+    alpha_bits: int = field(
+        default=32,
+        metadata={
+            "choices": (32, 16, 8),
+            "doc": "stored precision of coefficients: float32, float16, or int8 with a float16 scale per row",
+        },
     )
     shared_weight: str = field(
         default="first_task",

@@ -63,7 +63,7 @@ from torch.func import grad, vmap
 
 from impress.basis import TaskBasis
 from impress.config import Config
-from impress.layers import MaskSource, Mixture, task_view
+from impress.layers import MaskSource, Mixture, task_view, unit_blocks
 from impress.streams import Stream
 
 __all__ = [
@@ -170,7 +170,11 @@ class _FloatMixture:
         bank = layer.bank_float(m)[:m]  # (m, out, ...)
         if self.alpha.dim() == 1:
             return torch.tensordot(self.alpha, bank, dims=1)
-        return torch.einsum("om,mor->or", self.alpha, bank.flatten(start_dim=2)).view(bank.shape[1:])
+        out = bank.shape[1]
+        rows = torch.arange(self.alpha.shape[0], device=self.alpha.device)
+        row_of_unit = rows.repeat_interleave(torch.tensor(unit_blocks(out, len(rows)), device=rows.device))
+        per_unit = self.alpha.index_select(0, row_of_unit)  # (out, m): each unit its row's coefficients
+        return torch.einsum("om,mor->or", per_unit, bank.flatten(start_dim=2)).view(bank.shape[1:])
 
 
 def _transformable(sources: Sequence[MaskSource]) -> list[MaskSource]:

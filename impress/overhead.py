@@ -1,10 +1,10 @@
 """Exact parameter overhead in bits: what a method must store per task and once.
 
 Each method counts its own (`Method.bits`) into an `Overhead`. SupSup stores one bit per masked
-weight per task; ImpressLearn stores 32-bit coefficients per task plus a one-time bank of m masks
-(a `random` bank is rebuilt from its seed, so it costs a seed); BatchE stores two 32-bit vectors
-per layer and task. Per-task BatchNorm statistics (two float32 vectors per BN layer) count per task
-where used.
+weight per task; ImpressLearn stores coefficients per task (at 32, 16 or 8 bits each, with a scale
+per row at 8: `impress.precision`) plus a one-time bank of m masks (a `random` bank is rebuilt
+from its seed, so it costs a seed); BatchE stores two 32-bit vectors per layer and task. Per-task
+BatchNorm statistics (two float32 vectors per BN layer) count per task where used.
 """
 
 from __future__ import annotations

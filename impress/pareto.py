@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-__all__ = ["pareto_mask", "over_seeds", "seed_front", "SETTING_FIELDS"]
+__all__ = ["pareto_mask", "over_seeds", "seed_front", "widest_gap", "SETTING_FIELDS"]
 
 # what a config is measured on rather than what it tries: `seed_front` takes one front per
 # combination of these among its `by` columns (a config on easier data dominates nothing)
@@ -53,14 +53,15 @@ def over_seeds(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str
     if not by:  # a single config
         trials, by = trials.assign(config="all"), ["config"]
     groups = trials.groupby(list(by), dropna=False, sort=False)
-    out = groups[list(metrics)].mean()
+    columns = {"": groups[list(metrics)].mean()}
     for m in metrics:
-        out[f"{m}_std"] = groups[m].std(ddof=1)
-        out[f"{m}_n"] = groups[m].count()  # trials with a value (a metric may be n/a for a method)
-    out["n"] = groups.size()
+        columns[f"{m}_std"] = groups[m].std(ddof=1)
+        columns[f"{m}_n"] = groups[m].count()  # trials with a value (a metric may be n/a for a method)
+    columns["n"] = groups.size()
     if "seed" in trials:
-        out["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
-    return out.reset_index()
+        columns["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
+    parts = [c if isinstance(c, pd.DataFrame) else c.rename(name) for name, c in columns.items()]
+    return pd.concat(parts, axis=1).reset_index()
 
 
 def seed_front(
@@ -78,3 +79,17 @@ def seed_front(
     for _, part in table.groupby(settings, dropna=False, sort=False) if settings else [(None, table)]:
         table.loc[part.index, "on_front"] = pareto_mask(part[list(objectives)].to_numpy(dtype=float), modes)
     return table
+
+
+def widest_gap(costs: Sequence[float]) -> tuple[float, float, float] | None:
+    """The widest step between neighbouring points of a front along a positive cost axis (bits per
+    task), as a ratio: (hi / lo, lo, hi) for the neighbours lo < hi farthest apart; None for fewer
+    than two distinct costs. A front that fills its range has no wide steps; one that jumps from
+    a few hundred bits to tens of thousands has a step of 100x or more."""
+    x = np.unique(np.asarray(costs, dtype=float))
+    if (x <= 0).any() or not np.isfinite(x).all():
+        raise ValueError(f"costs must be positive and finite, got {x.tolist()}")
+    if len(x) < 2:
+        return None
+    i = int(np.argmax(x[1:] / x[:-1]))
+    return float(x[i + 1] / x[i]), float(x[i]), float(x[i + 1])

@@ -51,7 +51,7 @@ def _value_syntax(f: dataclasses.Field, hint: Any) -> str:
     optional = type(None) in args
     base = next(a for a in args if a is not type(None)) if optional else hint
     if (allowed := choices(f)) is not None:
-        text = "{" + ",".join(allowed) + "}"
+        text = "{" + ",".join(map(str, allowed)) + "}"
     elif typing.get_origin(base) is tuple:
         item = _TYPE_NAMES[typing.get_args(base)[0]]
         text = f"{item},{item},..."

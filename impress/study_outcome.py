@@ -88,7 +88,7 @@ def tune_trials(study: Study, result_grid) -> pd.DataFrame:
         if r.error is not None:
             row["error"] = reason(r.error)
         rows.append(row)
-    return trials_table(rows, first=shown(study))
+    return trials_table(rows, first=shown(study), base=study.base)
 
 
 def finish(study: Study, root: Path, result_grid) -> StudyOutcome:

@@ -13,34 +13,52 @@ same table here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
-from impress.methods import foreign_fields
+from impress.config import Config
+from impress.methods import METHODS, foreign_fields
 from impress.metrics import is_metric
 from impress.pareto import seed_front
 
 __all__ = ["trials_table", "config_front", "blank_foreign_fields"]
 
 
-def blank_foreign_fields(trials: pd.DataFrame) -> pd.DataFrame:
-    """The table with every config field its row's method ignores set to None."""
-    if "method" not in trials:
-        return trials
+def blank_foreign_fields(trials: pd.DataFrame, base: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """The table with every config field its row's method, or its row's config, ignores set to None.
+    A row's config is its values over `base` (a study's fixed values) over the config's defaults,
+    so a method or granularity fixed by the study counts too."""
+    fixed = {**Config().to_dict(), **(base or {})}
+    method_of = trials["method"] if "method" in trials else pd.Series(fixed["method"], index=trials.index)
     trials = trials.copy()
-    for method in trials["method"].dropna().unique():
-        rows = trials["method"] == method
+    for method in method_of.dropna().unique():
+        rows = method_of == method
         for field in (f for f in foreign_fields(method) if f in trials):
             trials[field] = trials[field].astype(object).where(~rows, None)
+        if method not in METHODS:
+            continue
+        for i in trials.index[rows]:  # fields this row's own config leaves unread
+            config = {**fixed, **{k: v for k, v in trials.loc[i].items() if k in fixed and not _blank(v)}}
+            for field in (f for f in METHODS[method].ignores(config) if f in trials):
+                trials[field] = trials[field].astype(object)
+                trials.at[i, field] = None
     return trials
 
 
-def trials_table(rows: Sequence[dict[str, Any]], *, first: Sequence[str] = ()) -> pd.DataFrame:
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def trials_table(
+    rows: Sequence[dict[str, Any]], *, first: Sequence[str] = (), base: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
     """One row per trial from dicts of values, bookkeeping and metrics: columns in reading order (the
-    trial and its values, the metrics in `first`, then every other metric), foreign fields blank."""
-    table = blank_foreign_fields(pd.DataFrame(list(rows)))
+    trial and its values, the metrics in `first`, then every other metric), foreign fields blank
+    (`base`: the values every row shares but does not hold, a study's fixed config)."""
+    table = blank_foreign_fields(pd.DataFrame(list(rows)), base)
     lead = [m for m in first if m in table]
     head = [c for c in table.columns if not is_metric(c) and c != "error"]
     rest = [c for c in table.columns if c not in head and c not in lead]

@@ -87,12 +87,26 @@ def test_homogeneous_impressions_are_m_distinct_masks_learned_on_task_0(mask):
 
 
 # ---------------------------------------------------------------------------------------------
-# The collapsed superposition (tests/test_inference.py covers channel granularity)
+# The collapsed superposition, at every granularity and stored precision
 
 
 LEARNED = {
     "impresslearn-global": Config(method="impresslearn", m=3, granularity="global", num_tasks=5, **TINY),
     "impresslearn-layer": Config(method="impresslearn", m=3, granularity="layer", num_tasks=5, **TINY),
+    "impresslearn-group": Config(method="impresslearn", m=3, granularity="group", groups=3, num_tasks=5, **TINY),
+    "impresslearn-channel-8bit": Config(
+        method="impresslearn", m=3, granularity="channel", alpha_bits=8, num_tasks=5, **TINY
+    ),
+    "impresslearn-group-16bit-random": Config(
+        method="impresslearn",
+        m=3,
+        granularity="group",
+        groups=5,
+        alpha_bits=16,
+        impressions="random",
+        num_tasks=3,
+        **TINY,
+    ),
     "impresslearn-global-homogeneous": Config(
         method="impresslearn", m=3, granularity="global", impressions="homogeneous", num_tasks=3, **TINY
     ),

@@ -208,7 +208,7 @@ def test_run_help_shows_each_flags_type_choices_or_range_and_default(run_help, f
     syntax = entry.split(f.metadata["doc"])[0]  # what follows --name, before the help text
     hint = typing.get_type_hints(Config)[f.name]
     if (allowed := choices(f)) is not None:  # the method's choices: the registry's keys
-        assert "{" + ",".join(allowed) + "}" in syntax
+        assert "{" + ",".join(map(str, allowed)) + "}" in syntax
     else:  # the type: `INT`, `FLOAT`, `STR`, `{true,false}`, or a list `INT,INT,...`
         base = next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
         item = typing.get_args(base)[0] if typing.get_origin(base) is tuple else base

@@ -66,8 +66,14 @@ def test_from_dict_rejects_a_non_mapping():
 
 @pytest.mark.parametrize("f", CHOICE_FIELDS, ids=lambda f: f.name)
 def test_choice_fields_reject_other_values(f):
-    with pytest.raises(ConfigError, match=rf"^{f.name}: 'bogus' is not one of"):
+    numeric = isinstance(f.default, int)
+    with pytest.raises(
+        ConfigError, match=rf"^{f.name}: expected an integer" if numeric else rf"^{f.name}: 'bogus' is not"
+    ):
         Config.from_dict({f.name: "bogus"})
+    if numeric:
+        with pytest.raises(ConfigError, match=rf"^{f.name}: 7 is not one of"):
+            Config.from_dict({f.name: 7})
     for choice in f.metadata["choices"]:  # and accept each of their choices (a split of digits: <= 5 tasks)
         cfg = Config.from_dict({"num_tasks": 5, "m": 2, f.name: choice})
         assert getattr(cfg, f.name) == choice

@@ -39,8 +39,9 @@ def _scratch(key: str) -> bool:
 
 
 def _stored_bits(method) -> int:
-    """Bits of the method's checkpointed state: a bank's masks at one bit per weight, every float at
-    32; BatchNorm's running statistics (scratch of the task being learned) not counted."""
+    """Bits of the method's checkpointed state: a bank's masks at one bit per weight, floats and
+    int8 values at their size (32, 16, 8); BatchNorm's running statistics (scratch of the task being
+    learned) and bookkeeping counters (int64) not counted."""
     bits = 0
     for key, value in method_state(method).items():
         if _scratch(key):
@@ -48,8 +49,8 @@ def _stored_bits(method) -> int:
         if key.endswith("bank"):
             layer = next(layer for name, layer in method.named_modules() if key == f"{name}.bank")
             bits += value.shape[0] * layer.weight.numel()
-        elif value.is_floating_point():
-            bits += value.numel() * 32
+        elif value.is_floating_point() or value.dtype == torch.int8:
+            bits += value.numel() * value.element_size() * 8
     return bits
 
 

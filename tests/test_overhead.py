@@ -33,6 +33,24 @@ def test_coefficient_bits_follow_the_granularity():
     assert _bits(m=4, granularity="channel").params_bits_per_task == (300 + 100 + 10) * 4 * FLOAT_BITS
 
 
+def test_group_coefficients_count_one_row_per_block_clamped_to_the_units():
+    # G = 16: 16 rows in the 300 and 100 unit layers, the 10-unit head clamped to one row per unit
+    assert _bits(m=4, granularity="group", groups=16).params_bits_per_task == (16 + 16 + 10) * 4 * FLOAT_BITS
+    assert _bits(m=4, granularity="group", groups=1).params_bits_per_task == _bits(m=4).params_bits_per_task
+    every_unit = _bits(m=4, granularity="group", groups=300).params_bits_per_task
+    assert every_unit == _bits(m=4, granularity="channel").params_bits_per_task
+
+
+@pytest.mark.parametrize("granularity", ["global", "layer", "group", "channel"])
+def test_coefficient_precision_counts_the_stored_values_and_one_scale_per_row_at_8_bits(granularity):
+    rows = {"global": 1, "layer": 3, "group": 4 + 4 + 4, "channel": 300 + 100 + 10}[granularity]
+    m = 5
+    for alpha_bits, per_row in [(32, 32 * m), (16, 16 * m), (8, 8 * m + 16)]:
+        bits = _bits(m=m, granularity=granularity, groups=4, alpha_bits=alpha_bits)
+        assert bits.params_bits_per_task == rows * per_row, alpha_bits
+        assert bits.one_time_bits == SEED_BITS + m * W  # precision changes nothing stored once
+
+
 def test_batche_counts_two_vectors_per_layer_and_its_shared_weight_once():
     fast = (300 + 784 + 100 + 300 + 10 + 100) * FLOAT_BITS
     trained = _bits(method="batche")
@@ -65,13 +83,13 @@ def test_per_task_bn_statistics_count():
     assert build(batch, resolve_device("cpu"))[1].bits().bn_bits_per_task == 0
 
 
-@pytest.mark.parametrize("granularity", ["global", "layer", "channel"])
+@pytest.mark.parametrize("granularity", ["global", "layer", "group", "channel"])
 def test_reported_bits_match_what_is_stored(granularity):
     """The per-task bits reported equal the coefficient buffer's actual size per task."""
-    cfg = Config(num_tasks=4, m=2, epochs=1, granularity=granularity, widths=(32, 16))
+    cfg = Config(num_tasks=4, m=2, epochs=1, granularity=granularity, groups=5, widths=(32, 16))
     result = run(cfg)
     _, method = build(cfg, resolve_device("cpu"))
-    sizes = {"global": 2, "layer": 3 * 2, "channel": (32 + 16 + 10) * 2}
+    sizes = {"global": 2, "layer": 3 * 2, "group": (5 + 5 + 5) * 2, "channel": (32 + 16 + 10) * 2}
     assert method.layout.size == sizes[granularity]
     assert result.overhead["params_bits_per_task"] == sizes[granularity] * FLOAT_BITS
     assert result.overhead["mask_bits"] == 64 * 32 + 32 * 16 + 16 * 10

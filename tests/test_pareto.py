@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from impress.pareto import pareto_mask
+from impress.pareto import pareto_mask, widest_gap
 
 
 def test_front_max_accuracy_min_bits():
@@ -36,3 +36,14 @@ def test_nan_rows_never_on_the_front_and_bad_input():
         pareto_mask([(1, 2)], ["up", "min"])
     with pytest.raises(ValueError, match=r"points must be \(n, 2\)"):
         pareto_mask([(1, 2, 3)], ["max", "min"])
+
+
+def test_widest_gap_is_the_largest_ratio_between_neighbouring_costs():
+    # the quickstart's shape: layer coefficients at 256 bits, then per-unit ones at 66,816
+    assert widest_gap([96, 256, 66_816, 116_928]) == (261.0, 256.0, 66_816.0)
+    assert widest_gap([66_816, 96, 256]) == (261.0, 256.0, 66_816.0)  # order does not matter
+    ratio, lo, hi = widest_gap([32, 200, 1_000, 8_000, 9_000])
+    assert (ratio, lo, hi) == (8.0, 1_000.0, 8_000.0)
+    assert widest_gap([500, 500]) is None and widest_gap([7]) is None  # one distinct cost: no step
+    with pytest.raises(ValueError, match="positive"):
+        widest_gap([0, 10])

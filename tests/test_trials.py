@@ -39,6 +39,37 @@ def test_a_field_the_method_ignores_is_blank_and_metrics_follow_the_values():
     assert columns.index("granularity") < columns.index("test/acc/avg")  # values before metrics
 
 
+def test_groups_is_blank_where_the_granularity_is_not_group_so_such_configs_are_one():
+    # a search samples `groups` for every trial; only granularity group reads it
+    rows = [
+        _row("t0", 0, 0.50, 480, method="impresslearn", m=5, granularity="layer", groups=8),
+        _row("t1", 1, 0.60, 480, method="impresslearn", m=5, granularity="layer", groups=32),
+        _row("t2", 0, 0.70, 960, method="impresslearn", m=5, granularity="group", groups=8),
+        _row("t3", 0, 0.80, 1920, method="impresslearn", m=5, granularity="group", groups=32),
+    ]
+    trials = trials_table(rows)
+    assert trials["groups"].isna().tolist() == [True, True, False, False]
+    configs = config_front(trials, {"val/acc/avg": "max", "bits/per_task": "min"}, by=["granularity", "groups"])
+    layer = configs[configs["granularity"] == "layer"]
+    assert len(layer) == 1 and layer.iloc[0]["n"] == 2 and layer.iloc[0]["trials"] == "t0,t1"
+    assert sorted(configs.loc[configs["granularity"] == "group", "groups"]) == [8, 32]
+
+
+def test_what_a_study_fixes_decides_what_a_row_reads():
+    # a search of ImpressLearn alone: neither the method nor (in the second study) the granularity is a column
+    rows = [
+        {"trial_id": "t0", "granularity": "layer", "groups": 8},
+        {"trial_id": "t1", "granularity": "group", "groups": 8},
+    ]
+    blanked = trials_table(rows, base={"method": "impresslearn"})
+    assert blanked["groups"].isna().tolist() == [True, False]
+    grouped = trials_table([{"trial_id": "t0", "groups": 8}], base={"granularity": "group"})
+    assert grouped["groups"].tolist() == [8]
+    assert trials_table([{"trial_id": "t0", "groups": 8}])["groups"].isna().all()  # the default granularity: layer
+    supsup = trials_table([{"trial_id": "t0", "m": 5}], base={"method": "supsup"})
+    assert supsup["m"].isna().all()
+
+
 def test_the_front_is_over_configs_means_not_over_single_seeds():
     trials = trials_table(_rows())
     by_trial = trials.assign(config=trials["trial_id"])

@@ -13,6 +13,7 @@ inference, config validation, reports and tables ask the method, never its name.
     config_error(cfg)          why a config cannot run this method (None: it can)
     variant(row)               the method's name in tables and figures, for a row of a trial table
     uses                       the config fields only this method reads (blank in its rows)
+    ignores(row)               those of them a particular config leaves unread (blank there too)
     examples                   config overrides that exercise each of its variants (shared tests)
     infers, forgets            whether it has a task basis; whether learning can change old tasks
 """
@@ -73,6 +74,10 @@ class Method(nn.Module):
     @classmethod
     def variant(cls, row: Mapping[str, Any]) -> str:
         return cls.label
+
+    @classmethod
+    def ignores(cls, row: Mapping[str, Any]) -> tuple[str, ...]:
+        return ()
 
     # ---- learning and computing tasks -------------------------------------------------------
     @property

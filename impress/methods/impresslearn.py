@@ -2,7 +2,8 @@
 
 The first `n_dedicated` tasks are solved by their own stored mask (heterogeneous: the m
 impressions are those masks; homogeneous: m masks learned on task 0; random: none, the bank is m
-random masks drawn from the seed). Every later task stores only its coefficients.
+random masks drawn from the seed). Every later task stores only its coefficients, at
+`alpha_bits` (`impress.precision`): it is evaluated, inferred over and checkpointed as stored.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from impress.coefficients import CoeffLayout
 from impress.layers import GrowingBuffers, Stored, task_view
 from impress.masks import keep_count
 from impress.methods.base import MaskLearning, Progress, train_epochs
-from impress.overhead import FLOAT_BITS, SEED_BITS, Overhead, bn_bits_per_task, masked_weights
+from impress.overhead import SEED_BITS, Overhead, bn_bits_per_task, masked_weights
+from impress.precision import load, store, stored_bits
 from impress.seeding import generator
 from impress.streams import Task
 
@@ -35,21 +37,34 @@ _DEDICATED = {"heterogeneous": lambda m: m, "homogeneous": lambda m: 1, "random"
 class ImpressLearn(GrowingBuffers, MaskLearning):
     """Per-task state, besides the masks in every layer's bank:
 
-    coeffs  (tasks_with_coefficients, layout.size) float32: effective mixing coefficients; task t's
-            row is t - n_dedicated
+    coeffs        (tasks_with_coefficients, layout.size): effective mixing coefficients as stored
+                  (float32, float16 or int8 by `alpha_bits`); task t's row is t - n_dedicated
+    coeff_scales  (tasks_with_coefficients, layout rows) float16: at 8 bits only, a scale per row
     """
 
     label = "ImpressLearn"
     doc = "masks mixed by per-task coefficients"
-    uses = ("impressions", "m", "granularity", "alpha_param", "alpha_lr", "alpha_epochs", "infer_gain")
+    uses = (
+        "impressions",
+        "m",
+        "granularity",
+        "groups",
+        "alpha_bits",
+        "alpha_param",
+        "alpha_lr",
+        "alpha_epochs",
+        "infer_gain",
+    )
     examples = (
         {"m": 2, "granularity": "channel"},
+        {"m": 2, "granularity": "group", "groups": 3, "alpha_bits": 8},
+        {"m": 2, "granularity": "layer", "alpha_bits": 16},
         {"m": 2, "impressions": "homogeneous"},
         {"m": 3, "impressions": "random", "granularity": "layer"},
         {"m": 2, "granularity": "global", "backbone": "convnet"},
     )
     infers = True
-    growing_buffers = ("coeffs",)
+    growing_buffers = ("coeffs", "coeff_scales")
 
     @classmethod
     def config_error(cls, cfg: Config) -> str | None:
@@ -65,6 +80,10 @@ class ImpressLearn(GrowingBuffers, MaskLearning):
         return min(_DEDICATED[cfg.impressions](cfg.m), num_tasks)
 
     @classmethod
+    def ignores(cls, row: Mapping[str, Any]) -> tuple[str, ...]:
+        return () if row.get("granularity") == "group" else ("groups",)
+
+    @classmethod
     def variant(cls, row: Mapping[str, Any]) -> str:
         impressions = row.get("impressions")
         return f"{cls.label} {impressions}" if isinstance(impressions, str) else cls.label
@@ -72,11 +91,18 @@ class ImpressLearn(GrowingBuffers, MaskLearning):
     def __init__(self, cfg: Config, net: nn.Module) -> None:
         super().__init__(cfg, net)
         self.layout = CoeffLayout(
-            [layer.weight.shape[0] for layer in self.layers], cfg.m, cfg.granularity, param=cfg.alpha_param
+            [layer.weight.shape[0] for layer in self.layers],
+            cfg.m,
+            cfg.granularity,
+            groups=cfg.groups,
+            param=cfg.alpha_param,
         )
         self.n_dedicated = _DEDICATED[cfg.impressions](cfg.m)
         device = self.layers[0].weight.device
-        self.register_buffer("coeffs", torch.zeros(0, self.layout.size, device=device))
+        values, scales = store(torch.zeros(0, self.layout.size, device=device), cfg.m, cfg.alpha_bits)
+        self.register_buffer("coeffs", values)
+        if scales is not None:  # NOTE: registered only at 8 bits, so older checkpoints still load
+            self.register_buffer("coeff_scales", scales)
         if cfg.impressions == "random":
             self._draw_random_bank()
 
@@ -125,18 +151,27 @@ class ImpressLearn(GrowingBuffers, MaskLearning):
             progress=progress,
             phase="coefficients",
         )
-        alpha = self.layout.coefficients(raw).detach()
-        self.coeffs = torch.cat([self.coeffs, alpha.unsqueeze(0)])
-        self._finish_task(task, task_view(self.net, self.layout.sources(alpha)))
+        values, scales = store(self.layout.coefficients(raw).detach().unsqueeze(0), cfg.m, cfg.alpha_bits)
+        self.coeffs = torch.cat([self.coeffs, values])
+        if scales is not None:
+            self.coeff_scales = torch.cat([self.coeff_scales, scales])
+        self._finish_task(task, task_view(self.net, self.layout.sources(self.alphas[-1])))
+
+    @property
+    def alphas(self) -> torch.Tensor:
+        """(tasks_with_coefficients, layout.size) float32: the stored coefficients, read back."""
+        return load(self.coeffs, getattr(self, "coeff_scales", None), self.cfg.m)
 
     def view(self, t: int) -> AbstractContextManager:
         if t < self.n_dedicated:
             return task_view(self.net, Stored(t), bn_task=t)
-        return task_view(self.net, self.layout.sources(self.coeffs[t - self.n_dedicated]), bn_task=t)
+        row, scales = t - self.n_dedicated, getattr(self, "coeff_scales", None)
+        alpha = load(self.coeffs[row], None if scales is None else scales[row], self.cfg.m)
+        return task_view(self.net, self.layout.sources(alpha), bn_task=t)
 
     def bits(self) -> Overhead:
         masked, bn = masked_weights(self.net), bn_bits_per_task(self.net)
-        coeff_bits = self.layout.size * FLOAT_BITS
+        coeff_bits = stored_bits(self.layout.size, self.cfg.m, self.cfg.alpha_bits)
         bank = SEED_BITS if self.cfg.impressions == "random" else self.cfg.m * masked
         return Overhead(
             "impresslearn", masked, masked, bn, coeff_bits, coeff_bits + bn, SEED_BITS + bank, self.n_dedicated
@@ -149,6 +184,6 @@ class ImpressLearn(GrowingBuffers, MaskLearning):
         layout, m = self.layout, self.cfg.m
         dedicated = min(self.n_dedicated, self.tasks_learned)
         one_hot = torch.eye(m, device=self.coeffs.device)[:dedicated].repeat(1, sum(layout.rows))
-        basis = TaskBasis(torch.cat([one_hot, self.coeffs]), layout.sources, layout.blocks, self.net, unit_gain)
+        basis = TaskBasis(torch.cat([one_hot, self.alphas]), layout.sources, layout.blocks, self.net, unit_gain)
         basis.coeffs = basis.unit(basis.coeffs)
         return basis
