@@ -343,3 +343,36 @@ def test_inference_config_from_the_command_line():
     assert cfg.infer_rules == ("oneshot_g", "fit") and cfg.superfluous == 5 and cfg.infer_binary_steps is None
     assert Config.from_dict(cfg.to_dict()) == cfg
     assert cfg.run_name() == "infer_rules=oneshot_g-fit~superfluous=5~seed=0"
+
+
+def test_group_and_8_bit_coefficients_infer_alike_vectorised_and_one_at_a_time():
+    """Group rows (blocks of units not dividing the layer) and int8-stored coefficients go through
+    both inference paths: single images (vmap over float masks) and a batch of one (lookup tables)
+    pick the same tasks under every rule, and every rule yields an identification rate."""
+    torch.set_num_threads(1)
+    cfg = Config(method="impresslearn", m=3, granularity="group", groups=5, alpha_bits=8, num_tasks=5, **SMALL)
+    stream, method = _learned(cfg)
+    basis = task_basis(method)
+    x, _ = stream[4].test_data()
+    x = x[:4]
+    for rule in INFERENCE_RULES:
+        together, _ = identify(basis, method.net, x.unsqueeze(1), rule, cfg, classes=10)
+        alone = [identify(basis, method.net, x[i : i + 1].unsqueeze(0), rule, cfg, classes=10)[0] for i in range(4)]
+        assert torch.equal(together, torch.cat(alone)), rule
+    m = evaluate_inference(method, stream, cfg, rules=INFERENCE_RULES)
+    for rule in INFERENCE_RULES:
+        assert 0.0 <= m[f"task_infer/acc/{rule}"] <= 1.0, rule
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 64])
+def test_the_vectorisable_mixture_equals_the_lookup_table_mixture(impress, rows):
+    _, method = impress
+    layer = masked_layers(method.net)[1]  # 64 output units: 3 and 7 rows do not divide them
+    alpha = torch.randn(rows, 3, generator=torch.Generator().manual_seed(rows))
+    expected = inference.Mixture(alpha)(layer)
+    torch.testing.assert_close(inference._FloatMixture(alpha)(layer), expected)
+    # by hand: unit u reads row r(u), the blocks as numpy.array_split cuts 64 units
+    bank = torch.stack([layer.stored_mask(i).float() for i in range(3)])
+    row_of = np.concatenate([np.full(len(b), r) for r, b in enumerate(np.array_split(np.arange(64), rows))])
+    by_hand = torch.einsum("om,moi->oi", alpha[torch.as_tensor(row_of)], bank)
+    torch.testing.assert_close(expected, by_hand)
