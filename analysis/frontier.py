@@ -8,7 +8,9 @@ original knobs (granularity global, layer or channel, coefficients stored at 32 
 them again as a grid study with `--seeds` (the study `<search>_seeds`, beside the search; resumed
 if it exists). Over those seed means it takes both fronts again, on validation, and reports them
 on test with n and spread: one figure (`front.png`), a table (`frontier.md`, `front.csv`) and the
-widest gap in bits per task between neighbouring points of each front.
+widest gap in bits per task between neighbouring points of each front. `--probe` adds configs of
+your own (say, in a gap the search left unexplored), run with the same seeds as the grid study
+`<search>_probe` and marked as probes in the table; they compete for the front like the others.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
 
 from impress.metrics import twin  # noqa: E402
 from impress.pareto import pareto_mask, seed_front, widest_gap  # noqa: E402
@@ -68,19 +71,15 @@ def candidates(search: Study, trials: pd.DataFrame) -> list[dict]:
     return list({tuple(sorted(c.items())): c for c in cases}.values())
 
 
-def confirm(search: Study, root: Path, seeds: list[int]) -> tuple[Study, Path]:
-    """The grid study re-running the search's front configs with `seeds` (resumed if it exists)."""
-    storage = root.parent
-    name = f"{search.name}_seeds"
+def grid(search: Study, storage: Path, name: str, cases: list[dict], seeds: list[int], question: str) -> Path:
+    """The folder of grid study `name`, `cases` x `seeds` on the search's base, run in `storage`
+    (resumed if it exists there)."""
     if has_state(storage / name):
-        outcome = resume_study(name, storage=storage)
-        return Study.from_yaml(outcome.root / "study.yaml"), outcome.root
-    trials = pd.read_csv(root / "trials.csv")
-    cases = candidates(search, trials)
+        return resume_study(name, storage=storage).root
     study = Study.from_dict(
         {
             "name": name,
-            "question": f"The front configs of the search {search.name!r}, each run with seeds {seeds}.",
+            "question": question,
             "base": dict(search.base),
             "cases": cases,
             "seeds": seeds,
@@ -91,14 +90,13 @@ def confirm(search: Study, root: Path, seeds: list[int]) -> tuple[Study, Path]:
         }
     )
     print(f"running {len(cases)} configs x {len(seeds)} seeds as study {name!r}", file=sys.stderr)
-    outcome = run_study(study, storage=storage)
-    return study, outcome.root
+    return run_study(study, storage=storage).root
 
 
-def fronts(study: Study, trials: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+def fronts(search: Study, trials: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """Config means over seeds with two front flags: `front_all` and `front_original`."""
-    objectives = {o.metric: o.mode for o in study.objectives}
-    keys = [k for k in config_keys(study) if k in trials]
+    objectives = {o.metric: o.mode for o in search.objectives}
+    keys = [k for k in [*config_keys(search), "probe"] if k in trials]
     shown = [twin(m, "test") for m in objectives if twin(m, "test") != m]
     done = trials[trials["state"] == "complete"]
     configs = seed_front(done, objectives, by=keys, show=shown).drop(columns="on_front")
@@ -112,7 +110,8 @@ def fronts(study: Study, trials: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
 def _label(row: pd.Series) -> str:
     g = row["granularity"]
     gran = f"group G={int(row['groups'])}" if g == "group" else g
-    return f"{row['impressions'][:3]}. m={int(row['m'])} {gran} {int(row['alpha_bits'])}-bit"
+    probe = " (probe)" if bool(row.get("probe", False)) else ""
+    return f"{row['impressions'][:3]}. m={int(row['m'])} {gran} {int(row['alpha_bits'])}-bit{probe}"
 
 
 def draw(configs: pd.DataFrame, objectives: dict[str, str], path: Path, title: str) -> None:
@@ -173,15 +172,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("search", type=Path, help="the search study's folder (runs/studies/<name>)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--probe",
+        type=yaml.safe_load,
+        action="append",
+        default=[],
+        metavar="MAPPING",
+        help="a config to run beside the front's (YAML, e.g. '{granularity: group, groups: 4}'); repeatable",
+    )
     parser.add_argument("--out", type=Path, help="where to write (default: analysis/results/<search name>)")
     args = parser.parse_args()
     search = Study.from_yaml(args.search / "study.yaml")
-    study, root = confirm(search, args.search, args.seeds)
-    configs, objectives = fronts(study, pd.read_csv(root / "trials.csv"))
+    storage = args.search.parent
+    cases = candidates(search, pd.read_csv(args.search / "trials.csv"))
+    question = f"The front configs of the search {search.name!r}, each run with seeds {args.seeds}."
+    folders = {False: grid(search, storage, f"{search.name}_seeds", cases, args.seeds, question)}
+    if args.probe:
+        question = f"Configs probing the gaps of the search {search.name!r}'s front, with seeds {args.seeds}."
+        folders[True] = grid(search, storage, f"{search.name}_probe", args.probe, args.seeds, question)
+    trials = pd.concat([pd.read_csv(f / "trials.csv").assign(probe=p) for p, f in folders.items()], ignore_index=True)
+    configs, objectives = fronts(search, trials)
     out = args.out or Path(__file__).parent / "results" / search.name
     out.mkdir(parents=True, exist_ok=True)
     configs.to_csv(out / "front.csv", index=False)
-    n_seeds = ", ".join(map(str, study.seeds))
+    n_seeds = ", ".join(map(str, args.seeds))
     title = f"{search.name}: {len(configs)} configs x seeds {n_seeds}; fronts chosen on validation, drawn on test"
     draw(configs, objectives, out / "front.png", title)
     prov = provenance()
