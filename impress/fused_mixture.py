@@ -2,50 +2,74 @@
 
 ImpressLearn trains only the coefficients alpha (R, m) that mix the first m stored binary masks;
 row r covers a contiguous block of output units (`impress.layers.unit_blocks`), hence a contiguous
-range of the flat weight. Each weight's bits in the bank are read as bytes (`bank_words`: 32 masks
-per uint32, word-major), and per row each byte position g has a table of the 256 partial sums of
-the 8 coefficients it covers (the method of four Russians):
+range of the flat weight. Each weight's bits in the bank are read as words (`bank_words`: 32 masks
+per uint32, word-major). One loop each way, both lookups in tables of partial sums (the method of
+four Russians):
 
-    forward   out[w] = weight[w] * sum_g table[row(w)][g][byte_g(w)]       ceil(m/8) lookups
-    backward  hist[g][byte_g(w)] += grad[w] * weight[w]   over a row's weights, then
-              dalpha[row, 8g + j] = sum of hist[g][b] over the bytes b with bit j set
+    forward   out[w] = weight[w] * sum_i alpha[row(w), i] * bit_i(w)
+    backward  dalpha[r, i] = sum over row r's weights w of grad[w] * weight[w] * bit_i(w)
 
-Weights are frozen, so no weight gradient is made. Masks past m weigh 0 (alpha is padded with
-zeros to whole bytes); a signed-constant weight is read as int8 signs and its constant, as in
-`impress.fused_topk`. The loops walk a block of weights word by word, so a block's sums (forward)
-or gradients (backward) stay in L1 while the words stream by.
+Weights are frozen, so no weight gradient is made. Masks past m weigh 0; a signed-constant weight
+is read as int8 signs and its constant, as in `impress.fused_topk`. Two implementations:
 
-The forward's tables hold integers: each alpha rounded to a unit of sum|alpha_row| / 2^52 and
-summed in int64, so its lookups are summed exactly and on the integer ports (x86 has two float
-adders for 16 lookups per weight at m = 128: that was the limit). Its error, below 2^-52 of
-sum|alpha_row|, is smaller than the float32 sum's. The backward sums in float32; it equals the
-explicit float sum up to summation order.
+Native (`mixture_avx512.c`: C with AVX-512 and GFNI, built by the system C compiler on first use,
+~0.7 s, into the user's cache; `native_loops`). Tables of 4 bits, 16 floats: one zmm register,
+looked up 16 lanes at a time by VPERMPS. Forward: per row a table per 4 masks, indexed by each
+weight's 4 bits of them. Backward, with the roles swapped: per 32 weights a table per 4 weights of
+their grad * weight, indexed by each mask's 4 bits of them (a word's 32x32 bit block is transposed
+in registers: byte permutes and GF2P8AFFINEQB). Either way a shift, a permute and an add per 64
+(mask, weight) pairs; float32 sums, equal to the explicit float sum up to summation order.
 
-NOTE: measured per 1.86M weights (FC-1024-1024's three layers), 1 thread, hot caches, the minimum
-of 9 runs on this 2-core VM: forward / backward 1.8 / 1.8 ms at m = 8, 2.6 / 3.6 ms at m = 32 and
-8.0 / 11.9 ms at m = 128 (16 lookups per weight); per-unit rows add ~1.5 us (tables) and ~1.2 us
-(folds) per row, 11.7 / 14.4 ms at m = 128. The backward is bound by its scattered stores, about
-one per cycle (30M of them alone: 11.0 ms). Measured and dropped, at m = 128: float tables in the
-forward (9.8 ms); all of a weight's words in one loop, the first design (11.2 / 15.2 ms); two
-histograms per table against store-to-load stalls (16.4 ms); int64 histograms (16% slower); and
-the backward transposed, per 8 weights a table of their 256 gradient sums and a lookup per mask
-(building those tables alone took 11.8 ms). Blocks of 1024 weights make the forward 4% (m = 128)
-to 15% (m = 32) faster than blocks of 512 or 256; the backward runs alike at 256 to 2048. A row of a
-few weights (a 3x3 conv over 3 channels: 27) pays mostly for its tables, 4-bit tables would be
-cheaper there, but such layers hold few weights: 0.35 ms per step at m = 128 per unit for the 64
-units of a 3 -> 64 conv, whose own forward on a batch of 128 32x32 images takes 38 ms.
+numba (the fallback where the native loops cannot be built or run, and within `numba_loops`).
+Tables of 8 bits per row, 256 entries: the forward looks up ceil(m/8) per weight; the backward
+adds grad * weight into a histogram per byte of masks, then folds each onto its 8 masks. The
+forward's tables hold integers: each alpha rounded to a unit of sum|alpha_row| / 2^52 and summed
+in int64, exactly and on the integer ports; its error, below 2^-52 of sum|alpha_row|, is smaller
+than the float32 sum's. The loops walk a block of weights word by word, so a block's sums stay in
+L1 while the words stream by.
+
+NOTE: measured per 1.86M weights (FC-1024-1024's three layers), 1 thread, the minimum of 21 runs
+beside other work on this 2-core VM, forward / backward: native 0.8 / 1.0 ms at m = 8, 1.0 / 1.3 ms
+at m = 32 and 3.2 / 3.6 ms at m = 128 (per-unit rows: 3.6 / 3.9 ms); numba 1.2 / 1.4, 2.3 / 3.1
+and 8.1 / 11.8 ms (per-unit rows: 11.3 / 14.5 ms) in the same runs. The native forward is bound by
+its two vector ports, 1.5 cycles per 4 masks and 16 weights (software prefetching did not help);
+the backward adds, whatever m, 8 tables of 4 masked adds per 32 weights. Measured and dropped,
+native, m = 128: a masked add per mask and 16 weights with the bank's 16 bits loaded as its mask
+(7.1 / 8.6 ms: mask registers loaded at one per cycle); numba's int64 fixed point in zmm (14-19 ms:
+8 lanes); a second, mask-major copy of the bank for the backward instead of the transposes (12%
+slower at m = 128, 2x at m = 32, and another bank of memory); backward tiles of 32 blocks of
+weights instead of 4 (5-15% slower); forward steps of 2 zmm instead of 4 (11-15% slower; 8 alike).
+numba, m = 128: float tables in the forward (9.8 ms); all of a weight's words in one loop (11.2 /
+15.2 ms); two histograms per table against store-to-load stalls (16.4 ms); int64 histograms (16%
+slower); the backward transposed, per 8 weights a table of their 256 gradient sums (building the
+tables alone took 11.8 ms). A row of a few weights (a 3x3 conv over 3 channels: 27) pays mostly for
+its tables, but such layers hold few weights.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
 import numba
 import numpy
 import torch
+from llvmlite import binding
 
 from impress.fused_topk import _compiled, _weight_data
 from impress.masks import unpack_bits
 
-__all__ = ["bank_words", "fused_applies", "mixture_masked_weight"]
+__all__ = ["bank_words", "fused_applies", "mixture_masked_weight", "native_loops", "numba_loops"]
 
 _WORD = 32  # masks per word of `bank_words`
 _BLOCK = 1024  # weights per block of the loops
@@ -60,6 +84,125 @@ def bank_words(bank: torch.Tensor, numel: int) -> torch.Tensor:
     for i in range(len(bank)):  # one mask at a time: never all unpacked at once
         words[i // _WORD] |= unpack_bits(bank[i], (numel,)).int() << (i % _WORD)
     return words
+
+
+# ---------------------------------------------------------------------------------------------
+# Native loops: C with AVX-512, built on first use
+
+_SOURCE = Path(__file__).with_name("mixture_avx512.c")
+_FLAGS = ("-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vbmi", "-mgfni", "-shared", "-fPIC")
+_CPU = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vbmi", "gfni")  # as LLVM names the host's features
+# (words, numel, m, bounds, rows, alpha or grad, w, w is int8, scale, out or dalpha)
+_ARGS = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p]
+_ARGS += [ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_void_p]
+
+
+def _cache_folder() -> Path | None:
+    """`$XDG_CACHE_HOME/impress/kernels` (by default `~/.cache/impress/kernels`), if it can be written."""
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    try:
+        folder = (Path(cache) if Path(cache).is_absolute() else Path.home() / ".cache") / "impress" / "kernels"
+        if not folder.is_absolute():  # no home directory known: `~` left as it is
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # RuntimeError: no home directory (Python 3.12+)
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
+def _build(compiler: str, folder: Path) -> Path:
+    """The shared library of `_SOURCE` compiled by `compiler` (a path) in `folder`, once per source,
+    compiler and flags. Concurrent processes may both compile; each renames its own file into place,
+    so none loads a half-written one."""
+    stat = os.stat(compiler)
+    key = hashlib.sha256(_SOURCE.read_bytes())
+    key.update(repr((compiler, stat.st_size, stat.st_mtime_ns, _FLAGS)).encode())
+    library = folder / f"mixture_avx512-{key.hexdigest()[:16]}.so"
+    if not library.exists():
+        fd, partial = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        try:
+            subprocess.run([compiler, *_FLAGS, "-o", partial, str(_SOURCE)], check=True, capture_output=True, text=True)
+            os.replace(partial, library)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    return library
+
+
+def _cpu_has_the_instructions() -> bool:
+    """Whether this CPU, and its OS, run the native loops' instructions (as LLVM reads the host)."""
+    try:
+        features = binding.get_host_cpu_features()
+    except RuntimeError:  # LLVM knows no features of this host
+        return False
+    return all(features.get(name, False) for name in _CPU)
+
+
+def _load(compiler: str) -> ctypes.CDLL | None:
+    """The native loops built by `compiler` (a name on PATH or a path) into the user's cache, or where
+    that cannot be written into a temporary folder (~0.7 s per process); or None where they cannot
+    run: a CPU without the instructions (silently), no such compiler or a failed build (a warning)."""
+    if not _cpu_has_the_instructions():
+        return None
+    found = shutil.which(compiler)
+    try:
+        if found is None:
+            raise FileNotFoundError(f"no C compiler {compiler!r} (set $CC)")
+        compiler, folder = os.path.realpath(found), _cache_folder()
+        if folder is not None:
+            library = ctypes.CDLL(str(_build(compiler, folder)))
+        else:  # built anew in each process, in a folder gone once the library is loaded
+            with tempfile.TemporaryDirectory(prefix="impress-kernels-", ignore_cleanup_errors=True) as temporary:
+                library = ctypes.CDLL(str(_build(compiler, Path(temporary))))
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = e.stderr.strip().splitlines()[-1:] if isinstance(e, subprocess.CalledProcessError) else [str(e)]
+        warnings.warn(
+            f"impress.fused_mixture: the native loops are not available ({'; '.join(detail) or e}); "
+            "coefficient steps run the numba loops instead (about 2x slower at m = 128)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    for name in ("mixture_forward", "mixture_backward"):
+        getattr(library, name).argtypes, getattr(library, name).restype = _ARGS, ctypes.c_int
+    return library
+
+
+def _native_weight(read: tuple) -> tuple[int, bool, float]:
+    """The native loops' view of `_weight_data`'s (w, scale): w's address, whether it is int8 signs, scale."""
+    w, scale = read
+    return w.ctypes.data, w.dtype == numpy.int8, float(scale)
+
+
+def _done(status: int) -> None:
+    if status != 0:  # the native loops' only failure: no memory for their tables
+        raise MemoryError("impress.fused_mixture: the native loops could not allocate their tables")
+
+
+@functools.cache
+def native_loops() -> ctypes.CDLL | None:
+    """The native loops (`mixture_forward`, `mixture_backward`), built with `$CC` (default `cc`) on first
+    use, or None: then the numba loops run. Decided once per process."""
+    return _load(os.environ.get("CC") or "cc")
+
+
+_NUMBA = contextvars.ContextVar("impress_mixture_numba", default=False)
+
+
+@contextlib.contextmanager
+def numba_loops() -> Iterator[None]:
+    """Within the block, coefficient steps run the numba loops even where the native ones run (to
+    compare the two, and to test the fallback)."""
+    token = _NUMBA.set(True)
+    try:
+        yield
+    finally:
+        _NUMBA.reset(token)
+
+
+# ---------------------------------------------------------------------------------------------
+# numba loops: the fallback
 
 
 @_compiled
@@ -165,21 +308,35 @@ def _backward(words, groups, bounds, grad, w, scale, dalpha):  # pragma: no cove
 class _MixtureMaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, alpha: torch.Tensor, weight: torch.Tensor, words: torch.Tensor, bounds, read: tuple):
-        rows, m = alpha.shape
+        (rows, m), (w, scale) = alpha.shape, read
+        out = torch.empty(weight.shape, dtype=torch.float32)
+        native, words = None if _NUMBA.get() else native_loops(), words.contiguous()  # (K, numel): no copy
+        ctx.native, ctx.words, ctx.bounds, ctx.read, ctx.m = native, words, bounds, read, m
+        if ctx.native is not None:  # reads words, bounds, alpha (R, m) and w in place
+            a = alpha.detach().contiguous()
+            args = words.data_ptr(), words.shape[1], m, bounds.ctypes.data, rows, a.data_ptr(), *_native_weight(read)
+            _done(ctx.native.mixture_forward(*args, out.data_ptr()))
+            return out
         groups = -(-m // 8)
         padded = alpha.detach().new_zeros(rows, 8 * groups)
         padded[:, :m] = alpha.detach()  # masks past m weigh 0
         codes = words[: -(-m // _WORD)].numpy().view(numpy.uint32)  # (ceil(m / 32), numel)
-        out = torch.empty(weight.shape)
-        _forward(codes, groups, bounds, padded.numpy(), *read, out.view(-1).numpy())
-        ctx.codes, ctx.groups, ctx.bounds, ctx.read, ctx.m = codes, groups, bounds, read, m
+        _forward(codes, groups, bounds, padded.numpy(), w, scale, out.view(-1).numpy())
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        dalpha = torch.zeros(len(ctx.bounds) - 1, 8 * ctx.groups)
-        _backward(ctx.codes, ctx.groups, ctx.bounds, grad.contiguous().view(-1).numpy(), *ctx.read, dalpha.numpy())
-        return dalpha[:, : ctx.m], None, None, None, None
+        rows, m, (w, scale), grad = len(ctx.bounds) - 1, ctx.m, ctx.read, grad.contiguous()
+        if ctx.native is not None:
+            dalpha = torch.zeros(rows, m, dtype=torch.float32)
+            args = ctx.words.data_ptr(), ctx.words.shape[1], m, ctx.bounds.ctypes.data, rows, grad.data_ptr()
+            _done(ctx.native.mixture_backward(*args, *_native_weight(ctx.read), dalpha.data_ptr()))
+            return dalpha, None, None, None, None
+        groups = -(-m // 8)
+        dalpha = torch.zeros(rows, 8 * groups, dtype=torch.float32)
+        codes = ctx.words[: -(-m // _WORD)].numpy().view(numpy.uint32)
+        _backward(codes, groups, ctx.bounds, grad.view(-1).numpy(), w, scale, dalpha.numpy())
+        return dalpha[:, :m], None, None, None, None
 
 
 def fused_applies(alpha: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -144,10 +144,10 @@ class Mixture:
 # 256-entry table per unit; R rows of blocks of units repeat each row over its block's units. Equal
 # up to float summation order, and no float bank is made. This is the path of other devices, of
 # float64, and of the mask alone (`Mixture(alpha)(layer)`). A CPU coefficient step's masked weight
-# is fused instead (`impress.fused_mixture`: a table per byte of 8 masks, one pass each way): the
-# step on FC-1024-1024, batch 128, went from 2.22x / 5.79x the dense step at m = 32 / 128 (global,
-# this path) to 1.43x / 2.66x (`python -m bench --only mixture`, n = 30 medians; at m = 128 2.53x
-# to 3.20x over 5 runs beside other work).
+# is fused instead (`impress.fused_mixture`: one pass each way, AVX-512 table lookups where the
+# machine builds them, else numba's): the step on FC-1024-1024, batch 128, went from 2.22x / 5.79x
+# the dense step at m = 32 / 128 (global, this path) to 1.43x / 2.66x with numba's loops and
+# 1.13x / 1.48x with the native ones (`python -m bench --only mixture`, n = 30 medians).
 _BYTE_BITS = ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).float()  # (256, 8): bit j of byte b
 
 
