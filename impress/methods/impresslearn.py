@@ -155,19 +155,22 @@ class ImpressLearn(GrowingBuffers, MaskLearning):
         self.coeffs = torch.cat([self.coeffs, values])
         if scales is not None:
             self.coeff_scales = torch.cat([self.coeff_scales, scales])
-        self._finish_task(task, task_view(self.net, self.layout.sources(self.alphas[-1])))
+        self._finish_task(task, task_view(self.net, self.layout.sources(self._stored(-1))))
+
+    def _stored(self, row: int | slice) -> torch.Tensor:
+        """Coefficient row(s) float32, as stored and read back."""
+        scales = getattr(self, "coeff_scales", None)
+        return load(self.coeffs[row], None if scales is None else scales[row], self.cfg.m)
 
     @property
     def alphas(self) -> torch.Tensor:
         """(tasks_with_coefficients, layout.size) float32: the stored coefficients, read back."""
-        return load(self.coeffs, getattr(self, "coeff_scales", None), self.cfg.m)
+        return self._stored(slice(None))
 
     def view(self, t: int) -> AbstractContextManager:
         if t < self.n_dedicated:
             return task_view(self.net, Stored(t), bn_task=t)
-        row, scales = t - self.n_dedicated, getattr(self, "coeff_scales", None)
-        alpha = load(self.coeffs[row], None if scales is None else scales[row], self.cfg.m)
-        return task_view(self.net, self.layout.sources(alpha), bn_task=t)
+        return task_view(self.net, self.layout.sources(self._stored(t - self.n_dedicated)), bn_task=t)
 
     def bits(self) -> Overhead:
         masked, bn = masked_weights(self.net), bn_bits_per_task(self.net)
