@@ -201,6 +201,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         "--workers",
         "1",
     ]
+    # MLflow's job runner (eight more processes, about 1.3 GB) serves GenAI jobs that studies never
+    # queue; a user who wants it sets the variable themselves
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, command)  # the server replaces this process; signals reach it directly
     return 0  # pragma: no cover
 

@@ -77,7 +77,11 @@ class MlflowServer:
         command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'server.db'}"]
         command += ["--artifacts-destination", str(self.root / "server-artifacts")]
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # as `impress ui` runs it
         )
         wait_http(f"{self.url}/health")
 

@@ -67,7 +67,7 @@ def test_launcher_config_turns_token_auth_on_and_exposes_nothing(launcher):
     assert all("RAY_AUTH_MODE=token" in c for c in starts if "ray start" in c)
     head = " ".join(launcher["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head
-    assert re.search(r"mlflow server .*--host 127\.0\.0\.1", head)
+    assert re.search(r"MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false nohup mlflow server .*--host 127\.0\.0\.1", head)
     assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in head  # the study driver on the head writes there
     assert "0.0.0.0" not in (CLUSTER / "ray-cluster.yaml").read_text()
 
@@ -166,6 +166,7 @@ def test_raycluster_is_valid_autoscaled_token_authenticated_and_internal(manifes
     head_containers = {c["name"]: c for c in head["template"]["spec"]["containers"]}
     mlflow = " ".join(head_containers["mlflow"]["args"])
     assert "--host 127.0.0.1" in mlflow and f"--artifacts-destination {SHARED}/" in mlflow
+    assert "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec mlflow server" in mlflow  # no idle job runner
     assert {"name": "MLFLOW_TRACKING_URI", "value": "http://127.0.0.1:5000"} in head_containers["ray-head"]["env"]
 
 
