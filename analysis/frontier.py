@@ -16,6 +16,7 @@ your own (say, in a gap the search left unexplored), run with the same seeds as 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,10 +24,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
+from impress.confirm import confirm_study, front_cases  # noqa: E402
 from impress.metrics import twin  # noqa: E402
 from impress.pareto import pareto_mask, seed_front, widest_gap  # noqa: E402
 from impress.provenance import provenance  # noqa: E402
@@ -46,29 +47,15 @@ def original_knobs(rows: pd.DataFrame) -> pd.Series:
     return keep
 
 
-def _values(row: pd.Series, keys: list[str]) -> dict:
-    """A config's searched values, without the blanks of fields it does not read."""
-    out = {}
-    for k in keys:
-        v = row[k]
-        if v is None or (isinstance(v, float) and np.isnan(v)):
-            continue
-        out[k] = int(v) if isinstance(v, (float, np.floating)) and float(v).is_integer() else v
-    return out
-
-
 def _front(table: pd.DataFrame, objectives: dict[str, str]) -> pd.Series:
     return pd.Series(pareto_mask(table[list(objectives)].to_numpy(dtype=float), list(objectives.values())), table.index)
 
 
 def candidates(search: Study, trials: pd.DataFrame) -> list[dict]:
     """The configs on the search's front, among all and among the original knobs (one seed each)."""
-    objectives = {o.metric: o.mode for o in search.objectives}
-    done = trials[trials["state"] == "complete"].reset_index(drop=True)
-    keys = [k for k in config_keys(search) if k in done]
-    chosen = _front(done, objectives) | (original_knobs(done) & _front(done[original_knobs(done)], objectives))
-    cases = [_values(r, keys) for _, r in done[chosen.reindex(done.index, fill_value=False)].iterrows()]
-    return list({tuple(sorted(c.items())): c for c in cases}.values())
+    done = trials[trials["state"] == "complete"]
+    cases = [*front_cases(search, done)["case"], *front_cases(search, done[original_knobs(done)])["case"]]
+    return list({repr(sorted(c.items())): c for c in cases}.values())
 
 
 def grid(search: Study, storage: Path, name: str, cases: list[dict], seeds: list[int], question: str) -> Path:
@@ -76,19 +63,7 @@ def grid(search: Study, storage: Path, name: str, cases: list[dict], seeds: list
     (resumed if it exists there)."""
     if has_state(storage / name):
         return resume_study(name, storage=storage).root
-    study = Study.from_dict(
-        {
-            "name": name,
-            "question": question,
-            "base": dict(search.base),
-            "cases": cases,
-            "seeds": seeds,
-            "objectives": [{"metric": o.metric, "mode": o.mode} for o in search.objectives],
-            "concurrency": search.concurrency,
-            "tracking_uri": search.tracking_uri,
-            "resources": {"cpu": search.resources.cpu, "gpu": search.resources.gpu},
-        }
-    )
+    study = dataclasses.replace(confirm_study(search, cases, seeds), name=name, question=question)
     print(f"running {len(cases)} configs x {len(seeds)} seeds as study {name!r}", file=sys.stderr)
     return run_study(study, storage=storage).root
 

@@ -126,6 +126,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_study(args: argparse.Namespace) -> int:
     from impress.study import Study
 
+    if args.seeds is not None and args.action != "confirm":
+        raise StudyError(f"--seeds: only `impress study confirm` takes seeds; `{args.action}` runs the study's own")
     if args.action == "run":
         study = Study.from_yaml(args.target)  # a malformed file fails here, before Ray starts
         if args.trials is not None:  # ... and so does a flag, checked as the file's value is
@@ -133,22 +135,21 @@ def _cmd_study(args: argparse.Namespace) -> int:
     else:
         folder_name(args.target, field="study name")
     from impress.study_outcome import front_summary
-    from impress.tuner import has_state, resume_study, run_study, study_dir, sync_study
+    from impress.tuner import resume_study, run_study, study_dir, sync_study
 
     if args.action == "sync":
         n = sync_study(args.target, storage=args.storage)
         print(f"synced {n} trials of {args.target} to MLflow")
         return 0
+    if args.action == "confirm":
+        return _confirm(args)
     if args.action == "run":
-        existing = study_dir(args.storage, study.name) / "study.yaml"
-        # NOTE: a study stopped before Tune saved any state (e.g. a cluster job stopped at once) starts afresh
-        if args.resume and existing.exists() and has_state(existing.parent):
-            if Study.from_yaml(existing) != study:
-                raise StudyError(
-                    f"{args.target} differs from the study of that name in {existing.parent}; "
-                    f"rename the study or remove the folder"
-                )
-            outcome = resume_study(study.name, storage=args.storage, address=args.address)
+        folder = study_dir(args.storage, study.name)
+        conflict = (
+            f"{args.target} differs from the study of that name in {folder}; rename the study or remove the folder"
+        )
+        if args.resume:
+            outcome = _resume_or_run(study, args, conflict=conflict)
         else:
             outcome = run_study(study, storage=args.storage, address=args.address)
     else:
@@ -162,6 +163,60 @@ def _cmd_study(args: argparse.Namespace) -> int:
     if not outcome.complete:
         print(
             f"\nthe study did not finish; continue it with: impress study resume {study.name} --storage {args.storage}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _resume_or_run(study, args: argparse.Namespace, *, conflict: str):
+    """Continue `study` where its folder holds its saved state, else run it afresh (a study stopped
+    before Tune saved any state, e.g. a cluster job stopped at once, starts again). A folder of
+    another study of that name is refused with `conflict`."""
+    from impress.study import Study
+    from impress.tuner import has_state, resume_study, run_study, study_dir
+
+    folder = study_dir(args.storage, study.name)
+    if (folder / "study.yaml").exists() and has_state(folder):
+        if Study.from_yaml(folder / "study.yaml") != study:
+            raise StudyError(conflict)
+        return resume_study(study.name, storage=args.storage, address=args.address)
+    return run_study(study, storage=args.storage, address=args.address)
+
+
+def _confirm(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from impress.confirm import comparison, comparison_text, confirm_study, fresh_seeds, front_cases
+    from impress.study import Study
+    from impress.study_outcome import front_summary
+    from impress.tuner import study_dir
+
+    root = study_dir(args.storage, args.target)
+    for needed in ("study.yaml", "trials.csv"):
+        if not (root / needed).exists():
+            raise StudyError(f"no finished study {args.target!r} under {Path(args.storage).resolve()} (no {needed})")
+    source = Study.from_yaml(root / "study.yaml")
+    chosen = front_cases(source, pd.read_csv(root / "trials.csv"))
+    seeds = args.seeds if args.seeds is not None else fresh_seeds(source, 3)
+    if len(set(seeds)) != len(seeds):
+        raise StudyError(f"--seeds: {seeds} repeats a seed; each seed runs once")
+    study = confirm_study(source, list(chosen["case"]), seeds)
+    print(f"confirming {len(chosen)} front configs of {source.name} with seeds {seeds} as study {study.name}")
+    conflict = (
+        f"{study_dir(args.storage, study.name)} holds a confirmation of other configs or seeds (the study's "
+        f"front or --seeds changed since); remove that folder to confirm afresh"
+    )
+    outcome = _resume_or_run(study, args, conflict=conflict)
+    table = comparison(chosen, outcome.configs, source)
+    table.to_csv(outcome.root / "confirmed.csv", index=False)
+    print(front_summary(outcome, study))
+    print("\n" + comparison_text(table, source, seeds))
+    print(f"\nwrote {outcome.root / 'confirmed.csv'}, {outcome.root / 'trials.csv'}, {outcome.root / 'front.csv'}")
+    if not outcome.complete:
+        print(
+            f"\nthe confirmation did not finish; continue it with: impress study confirm {source.name} "
+            f"--storage {args.storage}" + (f" --seeds {' '.join(map(str, seeds))}" if args.seeds else ""),
             file=sys.stderr,
         )
         return 1
@@ -332,13 +387,23 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("study", help="run or resume a study with Ray Tune (Optuna searches, grids)")
     s.add_argument(
         "action",
-        choices=["run", "resume", "sync"],
-        help="run a study file; resume a study by name; sync a study's trials to MLflow",
+        choices=["run", "resume", "sync", "confirm"],
+        help=(
+            "run a study file; resume a study by name; sync a study's trials to MLflow; confirm a study's "
+            "front: rerun its configs with fresh seeds as the grid study NAME_confirm"
+        ),
     )
-    s.add_argument("target", help="study file (run) or study name (resume, sync)")
+    s.add_argument("target", help="study file (run) or study name (resume, sync, confirm)")
     s.add_argument("--storage", default="runs/studies", help="parent folder of study folders (default: runs/studies)")
     s.add_argument("--address", default=None, help="Ray cluster address (default: start a local Ray)")
     s.add_argument("--trials", type=int, default=None, help="override the study's trial count (searches)")
+    s.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="confirm: the seeds to rerun the front with (default: three seeds the study did not use)",
+    )
     s.add_argument(
         "--resume",
         action="store_true",

@@ -25,7 +25,9 @@ from impress.metrics import is_metric, is_task_metric, split_of, twin
 from impress.study import Study
 from impress.trials import config_front, trials_table
 
-__all__ = ["StudyOutcome", "finish", "front_summary", "reason", "text", "tune_trials", "shown", "other_split"]
+__all__ = [
+    "StudyOutcome", "finish", "front_summary", "mean_text", "reason", "text", "tune_trials", "shown", "other_split",
+]  # fmt: skip
 
 TUNE_DIR = "tune"  # Tune's experiment folder inside a study's folder
 
@@ -71,9 +73,11 @@ def tune_trials(study: Study, result_grid) -> pd.DataFrame:
     """One row per trial of Tune's results: its values, state and final metrics (both splits), each
     objective beside its twin."""
     rows = []
+    keys = [*config_keys(study), "seed"]
     for r in result_grid:
         config = dict(r.config or {})
         values = {**config.pop("point", {}), **config}
+        values = {**{k: values.get(k) for k in keys}, **values}  # one column order, however Tune restored them
         metrics = r.metrics or {}
         done, total = metrics.get("tasks_done", 0), metrics.get("num_tasks", study.example_config().num_tasks)
         state = "failed" if r.error is not None else ("complete" if done >= total else "stopped")
@@ -182,16 +186,19 @@ def front_summary(outcome: StudyOutcome, study: Study) -> str:
     return "\n".join(lines)
 
 
-def _configs_text(configs: pd.DataFrame, keys: list[str], metrics: list[str]) -> str:
-    def cell(r: pd.Series, m: str) -> str:
-        n, std = r.get(f"{m}_n", 1), r.get(f"{m}_std")
-        spread = f" ± {text(float(std))}" if n > 1 and std == std and std != 0 else ""  # NaN, 0: none
-        return f"{text(r[m])}{spread} ({int(n)})" if n > 1 else text(r[m])
+def mean_text(row: pd.Series | dict, metric: str) -> str:
+    """A config's mean of `metric` over seeds as text: `mean ± std (n)`, the spread left out where
+    there is none (a value every seed shares, as bits), `(n)` where n > 1."""
+    n, std = row.get(f"{metric}_n", 1), row.get(f"{metric}_std")
+    spread = f" ± {text(float(std))}" if n > 1 and std == std and std != 0 else ""  # NaN, 0: none
+    return f"{text(row[metric])}{spread} ({int(n)})" if n > 1 else text(row[metric])
 
+
+def _configs_text(configs: pd.DataFrame, keys: list[str], metrics: list[str]) -> str:
     table = pd.DataFrame(
         {
             **{k: [text(v) for v in configs[k]] for k in keys},
-            **{m: [cell(r, m) for _, r in configs.iterrows()] for m in metrics},
+            **{m: [mean_text(r, m) for _, r in configs.iterrows()] for m in metrics},
         }
     )
     return table.to_string(index=False)

@@ -39,8 +39,8 @@ def test_no_module_of_the_package_imports_ray_mlflow_or_optuna():
 
 
 ADAPTERS = {
-    "cli", "run_flags", "data_cli", "tuner", "tune_callbacks", "study", "study_log", "study_outcome", "tracking",
-    "records", "report", "tables", "plots", "pagemap", "jobs", "trials",
+    "cli", "run_flags", "data_cli", "confirm", "tuner", "tune_callbacks", "study", "study_log", "study_outcome",
+    "tracking", "records", "report", "tables", "plots", "pagemap", "jobs", "trials",
 }  # fmt: skip
 
 
