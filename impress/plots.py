@@ -55,13 +55,17 @@ class Drawn:
     boxes: dict[str, tuple[float, float, float, float]]
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, *, ncols: int = 1):
+    """A figure and its axes: one axis, or (`ncols` > 1) a row of `ncols` sharing the y axis."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height), dpi=110, layout="constrained")
+    if ncols == 1:
+        return plt.subplots(figsize=(width, height), dpi=110, layout="constrained")
+    fig, axes = plt.subplots(1, ncols, figsize=(width, height), dpi=110, layout="constrained", sharey=True)
+    return fig, list(axes)
 
 
 def _save(fig, ax, path: str | Path, points: list[dict], *, axes_of: Sequence | None = None, labels=None) -> Drawn:
@@ -131,6 +135,8 @@ def plot_pareto(
     sample std, and the non-dominated front of the complete configs' means joined in crimson.
     `trials` needs x, y, `complete` and the `by` columns; `colour` / `marker` name columns that
     tell configs apart (e.g. method and source of impressions). Log-scale x for bits by default.
+    Trials on different settings (the `SETTING_FIELDS` among `by`: streams, backbones) are never
+    compared, so each setting gets a panel of its own, side by side on one accuracy axis.
 
     The front is chosen on x and y. With `draw` (a split, "test"), every point is drawn at the
     twins of x and y on that split instead (which `trials` then needs too): a front chosen on
@@ -138,18 +144,67 @@ def plot_pareto(
     dx, dy = (twin(x, draw), twin(y, draw)) if draw else (x, y)
     if missing := [m for m in (dx, dy) if m not in trials]:
         raise ValueError(f"columns {missing} (to draw {x} and {y} on {draw}) are not in the trials table")
-    fig, ax = _figure(9.5, 5.2)
-    complete, other = trials[trials["complete"]], trials[~trials["complete"]]
+    settings = [c for c in by if c in SETTING_FIELDS and trials[c].map(_text).nunique() > 1]
+    setting = trials.apply(lambda r: ", ".join(f"{c}={_text(r[c])}" for c in settings), axis=1) if settings else None
+    panels = [(k, trials[setting == k]) for k in sorted(setting.unique())] if settings else [("", trials)]
+    fig, axes = _figure(9.5 + 4.2 * (len(panels) - 1), 5.2, ncols=len(panels))
+    axes = axes if isinstance(axes, list) else [axes]
     keys = sorted({_text(v) for v in trials[colour]}) if colour else [""]
     palette = {k: f"C{i % 10}" for i, k in enumerate(keys)}
     shapes = sorted({_text(v) for v in trials[marker]}) if marker else [""]
     style = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(shapes)}
-    colour_of = (lambda r: palette[_text(r[colour])]) if colour else (lambda r: "C0")
-    marker_of = (lambda r: style[_text(r[marker])]) if marker else (lambda r: "o")
+    look = _Look(
+        colour=(lambda r: palette[_text(r[colour])]) if colour else (lambda r: "C0"),
+        marker=(lambda r: style[_text(r[marker])]) if marker else (lambda r: "o"),
+        key=(lambda r: str(r[colour])) if colour else (lambda r: "config means"),
+    )
+    points: list[dict] = []
+    point_axes: list = []
+    for (name, part), ax in zip(panels, axes, strict=True):
+        drawn = _pareto_panel(ax, part, x, y, x_mode, y_mode, dx, dy, by, look, colour, marker, len(panels) > 1)
+        points += drawn
+        point_axes += [ax] * len(drawn)
+        if name:
+            ax.set_title(name, fontsize=9)
+    values = trials[dx].to_numpy(dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if log_x is None:
+        log_x = bool(len(values)) and (dx.startswith("bits/") or values.max() / values.min() > 10)
+    for ax in axes:
+        if log_x and len(values):
+            ax.set_xscale("log")
+        ax.set_xlabel(dx + (" (log scale)" if log_x else ""))
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel(dy)
+    heading = fig.suptitle(title, fontsize=10) if len(panels) > 1 else axes[0].set_title(title, fontsize=10)
+    entries: dict[str, object] = {}
+    for ax in axes:  # one legend for every panel: the same colours and markers throughout
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    legend = axes[-1].legend(
+        list(entries.values()), list(entries), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0
+    )
+    return _save(fig, axes[0], path, points, axes_of=point_axes, labels={"title": heading, "legend": legend})
+
+
+@dataclass(frozen=True)
+class _Look:
+    """How a config is drawn: its colour, its marker and its legend entry, from its row."""
+
+    colour: object
+    marker: object
+    key: object
+
+
+def _pareto_panel(
+    ax, trials, x, y, x_mode, y_mode, dx, dy, by, look: _Look, colour, marker, panels: bool
+) -> list[dict]:
+    """One setting's trials, configs and front on `ax`; the points drawn (`plot_pareto`)."""
+    complete, other = trials[trials["complete"]], trials[~trials["complete"]]
     shown = list(dict.fromkeys([x, y, dx, dy]))  # the hover tips: chosen on, then drawn
     points: list[dict] = []
     for _, r in complete.iterrows():
-        ax.scatter(r[dx], r[dy], s=16, alpha=0.35, color=colour_of(r), marker=marker_of(r), lw=0)
+        ax.scatter(r[dx], r[dy], s=16, alpha=0.35, color=look.colour(r), marker=look.marker(r), lw=0)
         tip = _tip(r, [*by, "seed"], shown)
         points.append(dict(kind="trial", label=r.get("run_name", ""), tip=tip, x=r[dx], y=r[dy]))
     if len(other):
@@ -159,58 +214,34 @@ def plot_pareto(
         for _, r in other.iterrows():
             tip = _tip(r, [*by, "seed", "state"], shown)
             points.append(dict(kind="incomplete", label=r.get("run_name", ""), tip=tip, x=r[dx], y=r[dy]))
-    if len(complete):
-        extra = [c for c in (colour, marker) if c and c not in by]
-        configs = seed_front(complete, {x: x_mode, y: y_mode}, by=[*by, *extra], show=[dx, dy])
-        labelled: set[str] = set()
-        for _, r in configs.iterrows():
-            key = str(r[colour]) if colour else "config means"
-            ax.errorbar(
-                r[dx],
-                r[dy],
-                xerr=r[f"{dx}_std"] if r["n"] > 1 else None,
-                yerr=r[f"{dy}_std"] if r["n"] > 1 else None,
-                fmt=marker_of(r),
-                ms=7,
-                color=colour_of(r),
-                capsize=2,
-                label=None if key in labelled else key,
-            )
-            labelled.add(key)
-            tip = _tip(r, by, shown) + f"\nmean over n={r['n']} seeds ({r.get('seeds', '')})"
-            points.append(dict(kind="config", label=key, tip=tip, x=r[dx], y=r[dy], on_front=bool(r["on_front"])))
-        front = configs[configs["on_front"]].sort_values(dx)
-        n = f"n={front['n'].min()}" if front["n"].nunique() == 1 else f"n={front['n'].min()}-{front['n'].max()}"
-        chosen = "" if (dx, dy) == (x, y) else ", chosen on validation"
-        settings = [c for c in by if c in SETTING_FIELDS]  # one front line per stream and backbone
-        parts = front.groupby(settings, dropna=False, sort=False) if settings else [(None, front)]
-        for i, (_, part) in enumerate(parts):
-            ax.plot(
-                part[dx],
-                part[dy],
-                "-D",
-                color=FRONT_COLOUR,
-                lw=1.5,
-                ms=5,
-                zorder=5,
-                label=None
-                if i
-                else f"Pareto front{chosen} (means, {n} seeds)"
-                + (f", one per {' and '.join(settings)}" if settings else ""),
-            )
-        ax.scatter([], [], s=16, alpha=0.35, color="grey", lw=0, label="every complete trial (faint)")
-    values = trials[dx].to_numpy(dtype=float)
-    values = values[np.isfinite(values) & (values > 0)]
-    if log_x is None:
-        log_x = bool(len(values)) and (dx.startswith("bits/") or values.max() / values.min() > 10)
-    if log_x and len(values):
-        ax.set_xscale("log")
-    ax.set_xlabel(dx + (" (log scale)" if log_x else ""))
-    ax.set_ylabel(dy)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, ax, path, points)
+    if not len(complete):
+        return points
+    extra = [c for c in (colour, marker) if c and c not in by]
+    configs = seed_front(complete, {x: x_mode, y: y_mode}, by=[*by, *extra], show=[dx, dy])
+    labelled: set[str] = set()
+    for _, r in configs.iterrows():
+        key = look.key(r)
+        ax.errorbar(
+            r[dx],
+            r[dy],
+            xerr=r[f"{dx}_std"] if r["n"] > 1 else None,
+            yerr=r[f"{dy}_std"] if r["n"] > 1 else None,
+            fmt=look.marker(r),
+            ms=7,
+            color=look.colour(r),
+            capsize=2,
+            label=None if key in labelled else key,
+        )
+        labelled.add(key)
+        tip = _tip(r, by, shown) + f"\nmean over n={r['n']} seeds ({r.get('seeds', '')})"
+        points.append(dict(kind="config", label=key, tip=tip, x=r[dx], y=r[dy], on_front=bool(r["on_front"])))
+    front = configs[configs["on_front"]].sort_values(dx)
+    n = f"n={front['n'].min()}" if front["n"].nunique() == 1 else f"n={front['n'].min()}-{front['n'].max()}"
+    chosen = "" if (dx, dy) == (x, y) else ", chosen on validation"
+    label = f"Pareto front{chosen} (means, {n} seeds)" + (", one per panel" if panels else "")
+    ax.plot(front[dx], front[dy], "-D", color=FRONT_COLOUR, lw=1.5, ms=5, zorder=5, label=label)
+    ax.scatter([], [], s=16, alpha=0.35, color="grey", lw=0, label="every complete trial (faint)")
+    return points
 
 
 def plot_front(

@@ -291,3 +291,35 @@ def test_a_studys_own_plot_takes_trials_whose_method_ignores_the_grouping_field(
         path=tmp_path / "v.png", title="t",
     )  # fmt: skip
     assert sorted(alone.points.loc[alone.points["kind"] == "config", "y"]) == pytest.approx([0.6, 0.9, 0.95])
+
+
+def test_each_stream_gets_a_panel_of_its_own_with_its_own_front(tmp_path):
+    """Fronts of different streams are never compared, and each is drawn on its own axis: every
+    point of a stream lands in that stream's panel, and a config that would be dominated by the other
+    stream's points is on its own front."""
+    from matplotlib.image import imread
+
+    from impress.plots import plot_pareto
+
+    one = _disagreeing().trials.assign(stream="rotated")
+    other = one.assign(  # an easier stream: every accuracy higher, so one shared front would take only its points
+        stream="permuted", **{m: one[m] + 0.05 for m in ("val/acc/avg", "test/acc/avg")}
+    )
+    trials, by = prepare(StudyRecords("two", "sqlite:///unused.db", None, pd.concat([one, other], ignore_index=True)))
+    assert "stream" in by
+    kw = dict(x="bits/per_task", y="val/acc/avg", x_mode="min", y_mode="max", by=by, title="t", colour="variant")
+    drawn = plot_pareto(trials, path=tmp_path / "two.png", draw="test", **kw)
+    single = plot_pareto(trials[trials["stream"] == "rotated"], path=tmp_path / "one.png", draw="test", **kw)
+    assert drawn.size[0] > single.size[0] * 1.3 and drawn.size[1] == single.size[1]  # two panels, side by side
+    points = drawn.points.assign(stream=["permuted" if "permuted" in t else "rotated" for t in drawn.points["tip"]])
+    assert set(points["stream"]) == {"permuted", "rotated"}
+    left, right = (points[points["stream"] == s]["px"] for s in ("permuted", "rotated"))  # panels in sorted order
+    assert left.max() < right.min()
+    configs = points[points["kind"] == "config"]
+    for stream, lift in (("permuted", 0.05), ("rotated", 0.0)):  # m=1 and m=3's test means, each on its stream
+        front = configs[(configs["stream"] == stream) & configs["on_front"]]
+        assert sorted(front["y"]) == pytest.approx([0.49 + lift, 0.59 + lift])
+    img = imread(drawn.path)
+    assert img.shape[1] == drawn.size[0] and img.shape[0] == drawn.size[1]
+    x0, y0, x1, y1 = (int(v) for v in drawn.boxes["title"])
+    assert (img[y0:y1, x0:x1, :3].min(axis=2) < 0.5).sum() > 10  # the title is drawn once, over both panels
