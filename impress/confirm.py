@@ -46,7 +46,10 @@ def _value(field: str, v: Any) -> Any:
     if isinstance(v, float) and v.is_integer() and not isinstance(default, float):  # an int beside a blank
         return int(v)
     if isinstance(v, str) and not isinstance(default, str) and v[:1] in "[(" and v[-1:] in ")]":
-        parsed = ast.literal_eval(v)
+        try:
+            parsed = ast.literal_eval(v)
+        except (ValueError, SyntaxError):  # not a list after all: the config's check names the field
+            return v
         return list(parsed) if isinstance(parsed, tuple) else parsed
     return v
 
