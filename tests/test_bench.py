@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # every figure measured once: a minute and a half on two idle cores
 
 
 def _bench(*args: str) -> str:

@@ -204,7 +204,11 @@ def uninterrupted(tmp_path_factory) -> pd.DataFrame:
     return pd.read_csv(tmp / "resumable" / "trials.csv")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["driver_killed", "ctrl_c"])
+@pytest.mark.parametrize(
+    "sig",
+    [pytest.param(signal.SIGKILL, marks=pytest.mark.slow), signal.SIGINT],  # the kill: a minute more, in CI
+    ids=["driver_killed", "ctrl_c"],
+)
 def test_interrupted_study_resumes_to_the_same_results(tmp_path, uninterrupted, sig):
     """The driver killed mid-study (SIGKILL to it and its Ray), or Ctrl-C (SIGINT to the terminal's
     process group), then `impress study resume`: with concurrency 1 and a seeded sampler the study

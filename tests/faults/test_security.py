@@ -166,6 +166,7 @@ def test_a_local_study_listens_on_loopback_only(tmp_path):
 PASSWORD = "pw-9f3k-never-logged"
 
 
+@pytest.mark.slow  # two studies and a tracking server: about a minute
 def test_no_credential_reaches_params_tags_artifacts_or_the_terminal(tmp_path, mlflow_server):
     host = mlflow_server.url.removeprefix("http://")
     uri = f"http://alice:{PASSWORD}@{host}"  # the server has no auth: it ignores the credentials

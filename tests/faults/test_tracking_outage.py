@@ -9,10 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 IMPRESS = [sys.executable, "-m", "impress.cli"]
+pytestmark = pytest.mark.slow  # a study across a server's stop and restart: over a minute
 
 
 def _finished(root: Path) -> int:
