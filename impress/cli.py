@@ -210,6 +210,14 @@ def _confirm(args: argparse.Namespace) -> int:
     outcome = _resume_or_run(study, args, conflict=conflict)
     table = comparison(chosen, outcome.configs, source)
     table.to_csv(outcome.root / "confirmed.csv", index=False)
+    try:  # beside the confirmation's own trials and front in MLflow
+        from impress.records import load_study, log_files
+        from impress.tracking import default_tracking_uri
+
+        records = load_study(study.name, uri=default_tracking_uri(study.tracking_uri))
+        log_files(records, [outcome.root / "confirmed.csv"], artifact_path="confirm")
+    except Exception as err:  # noqa: BLE001 - the study's folder holds the file
+        print(f"warning: could not attach confirmed.csv to the study's MLflow run ({err})", file=sys.stderr)
     print(front_summary(outcome, study))
     print("\n" + comparison_text(table, source, seeds))
     print(f"\nwrote {outcome.root / 'confirmed.csv'}, {outcome.root / 'trials.csv'}, {outcome.root / 'front.csv'}")

@@ -9,10 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from impress.cli import main
 from impress.confirm import comparison, confirm_study, fresh_seeds, front_cases
 from impress.pareto import pareto_mask
+from impress.records import load_study
 from impress.study import Study, StudyError
 
 SEARCH = {
@@ -186,6 +188,12 @@ def test_the_front_reruns_once_per_fresh_seed_and_confirmed_csv_holds_their_mean
         assert math.isclose(row["val/acc/avg@study"], before["val/acc/avg"].mean())
         assert math.isclose(row["val/acc/avg shift"], row["val/acc/avg"] - row["val/acc/avg@study"])
         assert row["bits/per_task"] == row["bits/per_task@study"]  # bits are the config's, whatever the seed
+
+    records = load_study("tiny_confirm", uri=f"sqlite:///{confirmed.parent / 'mlflow.db'}")  # tracked as any study
+    assert len(records.trials) == len(trials) and set(records.trials["seed"]) == {1, 3}
+    client = MlflowClient(tracking_uri=records.uri)
+    logged = client.download_artifacts(records.parent_run_id, "confirm/confirmed.csv", str(confirmed.parent))
+    pd.testing.assert_frame_equal(pd.read_csv(logged), table)
 
 
 def test_confirming_again_resumes_and_other_seeds_are_refused(confirmed, capsys, monkeypatch):
