@@ -107,7 +107,7 @@ def confirm_study(study: Study, cases: Sequence[dict[str, Any]], seeds: Sequence
 def comparison(chosen: pd.DataFrame, confirmed: pd.DataFrame, study: Study) -> pd.DataFrame:
     """Per case of `chosen` (`front_cases`): its values in the study it came from (`<metric>@study`),
     its means, spread and n over the fresh seeds (`confirmed`: the confirm study's configs), the
-    difference of each objective (`<metric>@study - mean`), and whether it is on the front there."""
+    `<objective> shift` (fresh mean minus the study's value), and whether it is on the front there."""
     keys = [k for k in config_keys(study) if k in confirmed]
 
     def key(values: dict[str, Any]) -> tuple[str, ...]:
