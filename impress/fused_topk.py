@@ -127,8 +127,9 @@ def _select(s: torch.Tensor, w: torch.Tensor, k: int, cache: TopKCache, read: tu
             if not lo < hi:  # narrower than the dtype resolves
                 lo = numpy.nextafter(hi, exact(-numpy.inf))
             kept, size = _mask_and_band(*arrays, lo, hi, band.numpy())
-            if size and math.isfinite(float(hi - lo)):
-                cache.per_unit = per_unit = size / float(hi - lo)
+            width = float(hi) - float(lo)  # in float64: the dtype's own subtraction may overflow
+            if size and math.isfinite(width):
+                cache.per_unit = per_unit = size / width
             if kept <= k <= kept + size:
                 dropped, cut = _settle(*arrays, band.numpy()[:size], k - kept)
                 cut = cut if dropped else float(lo)  # all of the band kept: lo separates kept and dropped
