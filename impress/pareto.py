@@ -61,7 +61,7 @@ def over_seeds(trials: pd.DataFrame, metrics: Sequence[str], *, by: Sequence[str
     if "seed" in trials:
         columns["seeds"] = groups["seed"].agg(lambda s: ",".join(map(str, sorted(s))))
     parts = [c if isinstance(c, pd.DataFrame) else c.rename(name) for name, c in columns.items()]
-    return pd.concat(parts, axis=1).reset_index()
+    return pd.concat(parts, axis=1).reset_index().copy()  # copied into few blocks: one per column is slow to extend
 
 
 def seed_front(

@@ -39,6 +39,8 @@ __all__ = [
 ]
 
 FRONT_COLOUR = "crimson"
+# the default cycle without its red (C3, too near the front) and grey (C7, the incomplete configs)
+PALETTE = ("C0", "C1", "C2", "C4", "C5", "C6", "C8", "C9")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 DODGE = (5.0, 0.15)  # per-task figure: x step between configs side by side (degrees, learned positions)
 
@@ -150,7 +152,7 @@ def plot_pareto(
     fig, axes = _figure(9.5 + 4.2 * (len(panels) - 1), 5.2, ncols=len(panels))
     axes = axes if isinstance(axes, list) else [axes]
     keys = sorted({_text(v) for v in trials[colour]}) if colour else [""]
-    palette = {k: f"C{i % 10}" for i, k in enumerate(keys)}
+    palette = {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
     shapes = sorted({_text(v) for v in trials[marker]}) if marker else [""]
     style = {k: MARKERS[i % len(MARKERS)] for i, k in enumerate(shapes)}
     look = _Look(

@@ -323,3 +323,34 @@ def test_each_stream_gets_a_panel_of_its_own_with_its_own_front(tmp_path):
     assert img.shape[1] == drawn.size[0] and img.shape[0] == drawn.size[1]
     x0, y0, x1, y1 = (int(v) for v in drawn.boxes["title"])
     assert (img[y0:y1, x0:x1, :3].min(axis=2) < 0.5).sum() > 10  # the title is drawn once, over both panels
+
+
+def test_no_config_is_drawn_in_the_fronts_colour(tmp_path):
+    """Configs take their colours from a cycle without red or grey: a point off the front never looks
+    like the front (crimson), however many colours the figure needs."""
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    from impress.plots import FRONT_COLOUR, plot_front
+
+    n = 12  # more groups than the cycle has colours
+    trials = pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(n)],
+            "state": "complete",
+            "group": [f"g{i:02d}" for i in range(n)],
+            "val/acc/avg": [0.9 - 0.05 * i for i in range(n)],  # only the first is on the front
+            "bits/per_task": [100.0 * (i + 1) for i in range(n)],
+        }
+    )
+    drawn = plot_front(
+        trials, x="bits/per_task", y="val/acc/avg", x_mode="min", y_mode="max", path=tmp_path / "p.png", title="t",
+        group="group",
+    )  # fmt: skip
+    image = imread(drawn.path)[..., :3]
+    off = drawn.points[(drawn.points["kind"] == "config") & ~drawn.points["on_front"].astype(bool)]
+    assert len(off) == n - 1
+    for _, p in off.iterrows():
+        centre = image[round(p["py"]), round(p["px"])]
+        assert np.abs(centre - to_rgb(FRONT_COLOUR)).sum() > 0.4, (p["tip"], centre)
+        assert np.ptp(centre) > 0.1, (p["tip"], centre)  # a colour, not the grey of incomplete trials
