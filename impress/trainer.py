@@ -185,7 +185,8 @@ def run(
     """Learn the config's task stream in order; returns the accuracy matrix and the metrics.
 
     With `checkpoint_dir`, state is saved after every task and a run finding a checkpoint there
-    continues after its last finished task (with the same results as an uninterrupted run)."""
+    continues after its last finished task (with the same results as an uninterrupted run); its
+    first report repeats that task's, which the stop may have kept from reaching anyone."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -232,6 +233,12 @@ def run(
         }
 
     inferred: dict[str, float] = {}
+    if start:
+        # NOTE: a stop between a checkpoint and its report loses that report, so a resumed run repeats
+        # it first (trackers take each step once). Resumed after the last task, nothing is learned
+        # again: this is the final report, with the task identities inferred.
+        inferred = _inferred(cfg, method, stream) if start == T else {}
+        report(row(start - 1, inferred))
     for t in range(start, T):
         began = time.perf_counter()
         method.learn(stream[t], progress)
@@ -255,11 +262,6 @@ def run(
         if t == T - 1:  # the stream is learned: infer task identities (GN scenarios)
             inferred = _inferred(cfg, method, stream)
         report(row(t, inferred))
-    if start == T:
-        # NOTE: resumed after the last task (a stop between the last checkpoint and the end of the
-        # run): nothing is learned again, but the caller still gets the final report it may have missed
-        inferred = _inferred(cfg, method, stream)
-        report(row(T - 1, inferred))
 
     return Result(
         config=cfg.to_dict(),

@@ -111,7 +111,7 @@ def test_resume_after_a_stop_is_exact(cfg, tmp_path):
         run(cfg, report=stop_at(1), checkpoint_dir=tmp_path / "cut")
     reported = []
     resumed = run(cfg, report=reported.append, checkpoint_dir=tmp_path / "cut")
-    assert [m["step"] for m in reported] == [2] and reported[0]["resumed_from"] == 2
+    assert [m["step"] for m in reported] == [1, 2] and {m["resumed_from"] for m in reported} == {2}
     np.testing.assert_array_equal(np.array(resumed.acc_matrix), np.array(full.acc_matrix))
     a = torch.load(tmp_path / "full" / FILENAME, weights_only=True)["method"]
     b = torch.load(tmp_path / "cut" / FILENAME, weights_only=True)["method"]
