@@ -286,7 +286,18 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     folder_name(args.name, field="study name")
     if args.command == "status":
         return jobs.status(args.name, address=args.address, follow=args.follow)
-    return jobs.stop(args.name, address=args.address)
+    return jobs.stop(args.name, address=args.address, wait=args.wait)
+
+
+def _seconds(value: str) -> float:
+    """A positive, finite number of seconds (an argparse type: a bad value is a usage error)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def _cluster_parsers(sub) -> None:
@@ -312,6 +323,10 @@ def _cluster_parsers(sub) -> None:
         c.add_argument("--address", default=address, help=help_address)
         if command == "status":
             c.add_argument("--follow", action="store_true", help="stream the latest attempt's log until it ends")
+        else:
+            c.add_argument(
+                "--wait", type=_seconds, default=60.0, metavar="SECONDS", help="how long to wait for it to end (60)"
+            )
     for command in ("submit", "status", "stop"):
         sub.choices[command].set_defaults(func=_cmd_cluster)
 

@@ -267,5 +267,10 @@ def stop(name: str, *, address: str = DEFAULT_ADDRESS, wait: float = 60.0) -> in
     deadline = time.monotonic() + wait
     while not (state := client.get_job_status(sid)).is_terminal() and time.monotonic() < deadline:
         time.sleep(0.5)
+    if not state.is_terminal():
+        print(
+            f"{sid}: still {state.value} after {wait:g} s; `impress status {name}` tells when it ends", file=sys.stderr
+        )
+        return 1
     print(f"{sid}: {state.value}; resubmit the study file to continue it", file=sys.stderr)
-    return 0 if state.is_terminal() else 1
+    return 0

@@ -284,3 +284,11 @@ def test_a_trial_budget_flag_on_a_grid_study_is_refused(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("error: --trials: study 'granularity' is a grid study: it runs each of its ")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("wait", ["0", "-1", "nan", "inf", "soon"])
+def test_stop_refuses_a_wait_that_is_not_a_positive_number_of_seconds(capsys, wait):
+    with pytest.raises(SystemExit) as exit_:  # a usage error, before any cluster is asked
+        main(["stop", "some_study", "--wait", wait])
+    assert exit_.value.code == 2
+    assert f"argument --wait: expected a positive number of seconds, got {wait!r}" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def test_study_runs_on_two_nodes_survives_a_stop_and_lands_in_mlflow(cluster):
         assert time.monotonic() < deadline, cluster.impress("status", name).stdout
         time.sleep(0.2)
     t0 = time.monotonic()
-    stopped = cluster.impress("stop", name)
+    stopped = cluster.impress("stop", name, "--wait", "600")
     stop_s = time.monotonic() - t0
     assert stopped.returncode == 0 and "STOPPED" in stopped.stderr, stopped.stderr
     at_stop = tasks_checkpointed(root)  # what every trial had finished when the study stopped
