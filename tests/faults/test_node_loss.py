@@ -5,20 +5,23 @@ left, each from its last finished task, and the study finishes with the results 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from raycluster import our_processes
+from raycluster import our_processes, send
+from studystate import tasks_checkpointed
 
 from impress.study import Study
 from impress.trainer import run
+from impress.tuner import checkpoint_folder
 
 pytestmark = pytest.mark.slow
 
@@ -33,26 +36,11 @@ STUDY = {
 }
 
 
-def _reports(tune_dir: Path) -> list[dict]:
-    return [
-        json.loads(line)
-        for record in tune_dir.glob("*/result.json")
-        for line in record.read_text().splitlines()
-        if line.strip()
-    ]
-
-
-def _early_trial_on(pids: set[int], reports: list[dict]) -> str | None:
-    """A trial that reported from one of `pids` and has done at most half its tasks, or None.
-
-    Actors are reused, so a process that is still alive may have reported a trial it already
-    finished; a trial with half its stream to go is still running when the node is taken away."""
-    done: dict[str, int] = {}
-    for r in reports:
-        if r["pid"] in pids:
-            done[r["trial_id"]] = max(done.get(r["trial_id"], 0), r["tasks_done"])
-    early = [trial for trial, n in done.items() if n <= STUDY["base"]["num_tasks"] // 2]
-    return min(early) if early else None
+def _mid_stream(checkpoints: dict[str, int]) -> bool:
+    """Both running trials (one per node: each asks for the one CPU a node has) have finished a
+    task and not their stream: only a running trial's checkpoint is unfinished."""
+    running = [done for done in checkpoints.values() if done < STUDY["base"]["num_tasks"]]
+    return len(running) == STUDY["concurrency"] and min(running) >= 1
 
 
 def test_trials_of_a_lost_node_resume_on_the_other(cluster, tmp_path):
@@ -60,30 +48,37 @@ def test_trials_of_a_lost_node_resume_on_the_other(cluster, tmp_path):
     store = f"sqlite:///{cluster.root / 'shared' / 'mlflow.db'}"
     study_file = tmp_path / "node_loss.yaml"
     study_file.write_text(yaml.safe_dump({**STUDY, "tracking_uri": store}))
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "impress.cli", "study", "run", str(study_file), "--storage", str(root)],
-        env={**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    study = Study.from_dict(STUDY)
+    with open(tmp_path / "driver.out", "w") as out, open(tmp_path / "driver.err", "w") as errors:
+        driver = subprocess.Popen(  # NOTE: output to files: a pipe nobody reads fills up and stalls the driver
+            [sys.executable, "-m", "impress.cli", "study", "run", str(study_file), "--storage", str(root)],
+            env={**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs}"},
+            stdout=out,
+            stderr=errors,
+            text=True,
+        )
     try:
-        # wait until a trial on the second node is early in its stream, then take the node away
-        deadline, lost = time.monotonic() + 900, None
-        while lost is None:
-            assert driver.poll() is None, driver.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no trial reported early in its stream from the second node"
-            lost = _early_trial_on(our_processes(cluster.worker_mark), _reports(root / "node_loss" / "tune"))
-            time.sleep(0.2)
+        # wait until the trial on the second node is mid-stream, then take the node away
+        deadline, at_kill = time.monotonic() + 900, {}
+        while not _mid_stream(at_kill):
+            assert driver.poll() is None, (tmp_path / "driver.err").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no two trials were ever mid-stream at once"
+            if _mid_stream(tasks_checkpointed(root / "node_loss")):
+                worker = our_processes(cluster.worker_mark)
+                send(worker, signal.SIGSTOP)  # frozen: its trial's checkpoint stays as read
+                at_kill = tasks_checkpointed(root / "node_loss")
+                if not _mid_stream(at_kill):  # a trial ended in between: go on, look again
+                    send(worker, signal.SIGCONT)
+            time.sleep(0.05)
         assert cluster.kill_worker_node() > 0
-        done = max(r["tasks_done"] for r in _reports(root / "node_loss" / "tune") if r["trial_id"] == lost)
-        assert done < STUDY["base"]["num_tasks"], "the trial finished before its node could be taken away"
-        _, err = driver.communicate(timeout=900)
+        driver.wait(timeout=900)
     finally:
         if driver.poll() is None:
             driver.kill()
+    err = (tmp_path / "driver.err").read_text()
     assert driver.returncode == 0, err[-3000:]
-    assert "retrying from its last finished task" in err, err[-3000:]
+    lost = re.findall(r" failed (\S+): .*; retrying from its last finished task", err)
+    assert len(lost) == 1, err[-3000:]  # the trial on the lost node, and only it
     deadline = time.monotonic() + 300
     while len(cluster.alive_nodes()) != 1:  # the cluster knows the node is gone
         assert time.monotonic() < deadline, cluster.alive_nodes()
@@ -91,9 +86,10 @@ def test_trials_of_a_lost_node_resume_on_the_other(cluster, tmp_path):
 
     trials = pd.read_csv(root / "node_loss" / "trials.csv")
     assert len(trials) == 4 and trials["trial_id"].is_unique and set(trials["state"]) == {"complete"}
-    row = trials.set_index("trial_id").loc[lost]
-    assert row["resumed_from"] >= 1  # the lost node's trial went on after its last finished task
-    study = Study.from_dict(STUDY)
+    row = trials.set_index("trial_id").loc[lost[0]]
+    folder = checkpoint_folder(root / "node_loss", study.config(granularity=row["granularity"], seed=int(row["seed"])))
+    # the lost node's trial went on after the last task it had finished when the node went, mid-stream
+    assert 1 <= row["resumed_from"] == at_kill[folder.name] < STUDY["base"]["num_tasks"], (row, at_kill)
     for _, t in trials.iterrows():  # every trial's results equal a direct run of its config and seed
         stored = json.loads((root / "node_loss" / "results" / t["trial_id"] / "results.json").read_text())
         direct = run(study.config(granularity=t["granularity"], seed=int(t["seed"]), threads=1)).acc_matrix

@@ -128,7 +128,7 @@ def _probe(address: str, port: int) -> int | None:
 def test_a_local_study_listens_on_loopback_only(tmp_path):
     study = {
         "name": "exposure",
-        "base": {"method": "supsup", "num_tasks": 4, "epochs": 3, "widths": [64, 64]},
+        "base": {"method": "supsup", "num_tasks": 4, "epochs": 10, "widths": [64, 64]},  # trials long enough to see
         "grid": {"sparsity": [0.3, 0.5]},
         "concurrency": 1,
     }
@@ -136,25 +136,27 @@ def test_a_local_study_listens_on_loopback_only(tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     for key in ("RAY_enable_metrics_collection", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS"):
         env.pop(key, None)  # what the study sets for itself
-    driver = subprocess.Popen(
-        [*IMPRESS, "study", "run", "exposure.yaml", "--storage", "studies"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    with open(tmp_path / "driver.err", "w") as stderr:  # NOTE: a file: a pipe nobody reads would stall it
+        driver = subprocess.Popen(
+            [*IMPRESS, "study", "run", "exposure.yaml", "--storage", "studies"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,
+        )
     seen: set[tuple[str, int, str]] = set()
     try:
         deadline = time.monotonic() + 900
         while driver.poll() is None and time.monotonic() < deadline:  # Ray's agents start after the GCS
             seen |= listening(driver.pid)
             time.sleep(0.2)
-        _, err = driver.communicate(timeout=600)
+        driver.wait(timeout=600)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, 9)
+    err = (tmp_path / "driver.err").read_text()
     assert driver.returncode == 0, err[-3000:]
     names = " ".join(name for _, _, name in seen)
     assert "gcs_server" in names and "raylet" in names and "ImplicitFunc" in names, seen  # Ray was watched

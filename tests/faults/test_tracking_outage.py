@@ -4,6 +4,7 @@ up with every trial exactly once, every task's step once (real `mlflow server`, 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -48,29 +49,36 @@ def test_server_away_mid_study_loses_and_duplicates_nothing(tmp_path, mlflow_ser
     study_file = tmp_path / "outage.yaml"
     study_file.write_text(yaml.safe_dump(study))
     root = tmp_path / "studies" / "outage"
-    driver = subprocess.Popen(
-        [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "studies")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        start_new_session=True,
-    )
+    errors = tmp_path / "driver.err"  # NOTE: a file: a pipe nobody reads fills up and stalls the driver
+    with open(errors, "w") as stderr:
+        driver = subprocess.Popen(
+            [*IMPRESS, "study", "run", str(study_file), "--storage", str(tmp_path / "studies")],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 900
         while _finished(root) < 1 and time.monotonic() < deadline:
-            assert driver.poll() is None, driver.stderr.read()[-3000:]
+            assert driver.poll() is None, errors.read_text()[-3000:]
             time.sleep(0.1)
+        os.killpg(driver.pid, signal.SIGSTOP)  # frozen while the server goes: mid-study, whatever the load
+        before = _finished(root)
         mlflow_server.stop()  # gone mid-study, without a word
-        while _finished(root) < 2 and time.monotonic() < deadline:  # a whole trial runs without a store
-            assert driver.poll() is None, driver.stderr.read()[-3000:]
+        os.killpg(driver.pid, signal.SIGCONT)
+        assert before < trials, "the study finished before the server could go"
+        while _finished(root) <= before and time.monotonic() < deadline:  # a whole trial runs without a store
+            assert driver.poll() is None, errors.read_text()[-3000:]
             time.sleep(0.1)
-        assert _finished(root) >= 2
+        assert _finished(root) > before
         mlflow_server.start()  # the same store comes back on the same address
-        _, err = driver.communicate(timeout=600)
+        driver.wait(timeout=600)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, 9)
+    err = errors.read_text()
     assert driver.returncode == 0, err[-3000:]
     assert f"MLflow store {mlflow_server.url} failed" in err
     if "run `impress study sync outage` later" not in err:  # the server was back before the end:
