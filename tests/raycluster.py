@@ -56,21 +56,17 @@ def send(pids: set[int], sig: int) -> None:
             pass
 
 
-def _kill(mark: str) -> set[int]:
-    """SIGTERM, then SIGKILL until none is left (a process may start another while it is signalled);
-    the processes killed."""
-    killed = our_processes(mark)
-    send(killed, signal.SIGTERM)
+def _kill(mark: str) -> None:
+    """SIGTERM, then SIGKILL until none is left (a process may start another while it is signalled)."""
+    send(our_processes(mark), signal.SIGTERM)
     deadline = time.monotonic() + 3.0
     while (left := our_processes(mark)) and time.monotonic() < deadline:
         time.sleep(0.2)
     deadline = time.monotonic() + 60
     while left and time.monotonic() < deadline:
         send(left, signal.SIGKILL)
-        killed |= left
         time.sleep(0.2)
         left = our_processes(mark)
-    return killed
 
 
 class Cluster:

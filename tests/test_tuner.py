@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from raycluster import send
 from studystate import tasks_checkpointed
 
 from impress.config import Config
@@ -129,12 +130,11 @@ def _kill_the_trial_worker_mid_stream(root: Path, num_tasks: int, killed: list[i
     unfinished whatever the machine's load; a stream already finished is left alone (the test fails)."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
-        if tasks_checkpointed(root) and (pids := _pids_with("ImplicitFunc")):
-            for pid in pids:
-                os.kill(pid, signal.SIGSTOP)
+        if tasks_checkpointed(root) and (pids := set(_pids_with("ImplicitFunc"))):
+            send(pids, signal.SIGSTOP)
             unfinished = max(tasks_checkpointed(root).values(), default=num_tasks) < num_tasks
-            for pid in pids:  # a real crash of the process running the trial, or the worker goes on
-                os.kill(pid, signal.SIGKILL if unfinished else signal.SIGCONT)
+            # a real crash of the process running the trial, or the worker goes on
+            send(pids, signal.SIGKILL if unfinished else signal.SIGCONT)
             killed.extend(pids if unfinished else [])
             return
         time.sleep(0.05)
